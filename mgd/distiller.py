@@ -1,0 +1,261 @@
+"""MGDDistiller: the framework-free MGD training component.
+
+It owns, per distilled position: a trainable student norm, the teacher margins, the
+accumulated matching cost and the current assignment. A detection framework supplies the
+feature taps (one list entry per position, pre-ReLU by default) and the teacher's norm
+affines; it calls, in order:
+
+    update_margins(affines)                  # at start and on resume
+    reset_matching(); accumulate_matching(s, t) x UPDATE_ITER; finish_matching()
+    losses = distiller(s, t)                 # every step; {position: loss}
+
+Margins, costs and assignments are non-persistent buffers (recomputed, never checkpointed);
+the student norms are ordinary (persistent) parameters under ``student_norms.<position>``.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .loss import distillation_loss
+from .margins import margins_from_affine
+from .matching import assignment_length, copies_per_student, matching_cost, solve_matching
+from .reducers import REDUCERS, reduce_teacher
+
+__all__ = [
+    "MGDDistiller",
+    "DEFAULT_POSITION_NAMES",
+    "DEFAULT_IGNORE_INDS",
+    "DEFAULT_LOSS_FACTORS",
+    "GN_GROUPS",
+]
+
+DEFAULT_POSITION_NAMES = ("c2", "c3", "c4", "c5", "p3", "p4", "p5", "p6", "p7")
+DEFAULT_IGNORE_INDS = (4, 5, 6, 7, 8)
+DEFAULT_LOSS_FACTORS = tuple(f * 5e7 for f in (1, 1, 0.1, 0.1, 1, 1, 0.01, 0, 0))
+#: GroupNorm groups of the student norms; channel counts must be divisible by it.
+GN_GROUPS = 32
+
+Affine = Optional[Tuple[Tensor, Tensor]]
+
+
+def build_student_norm(kind: str, channels: int) -> nn.Module:
+    """"GN" -> GroupNorm(32, C) (C % 32 == 0 required); "SyncBN" -> SyncBatchNorm(C)."""
+    if kind == "GN":
+        if channels % GN_GROUPS != 0:
+            raise ValueError(f"GN student norm needs channels divisible by {GN_GROUPS}, got {channels}")
+        return nn.GroupNorm(GN_GROUPS, channels)
+    if kind == "SyncBN":
+        return nn.SyncBatchNorm(channels)
+    raise ValueError(f"unknown student norm {kind!r}; expected 'GN' or 'SyncBN'")
+
+
+class MGDDistiller(nn.Module):
+    """Matching Guided Distillation over a list of feature positions.
+
+    Args:
+        student_channels, teacher_channels: channels per position (all positions).
+        reducer: "amp" | "rd" | "sp" | "sm".
+        ignore_inds: positions not distilled (their features may be None).
+        loss_factors: per position; each loss is divided by its factor (must be > 0 where
+            distilled).
+        norm: student norm per distilled position, "GN" or "SyncBN".
+        position_names: names of the positions (keys of the returned losses).
+    """
+
+    def __init__(
+        self,
+        student_channels: Sequence[int],
+        teacher_channels: Sequence[int],
+        *,
+        reducer: str = "amp",
+        ignore_inds: Sequence[int] = DEFAULT_IGNORE_INDS,
+        loss_factors: Sequence[float] = DEFAULT_LOSS_FACTORS,
+        norm: str = "GN",
+        position_names: Sequence[str] = DEFAULT_POSITION_NAMES,
+    ):
+        super().__init__()
+        num = len(position_names)
+        for what, seq in (("student_channels", student_channels), ("teacher_channels", teacher_channels),
+                          ("loss_factors", loss_factors)):
+            if len(seq) != num:
+                raise ValueError(f"{what} has {len(seq)} entries for {num} positions {tuple(position_names)}")
+        if len(set(position_names)) != num:
+            raise ValueError(f"position names must be unique, got {tuple(position_names)}")
+        bad = [i for i in ignore_inds if not 0 <= i < num]
+        if bad:
+            raise ValueError(f"ignore_inds {bad} out of range for {num} positions")
+        if reducer not in REDUCERS:
+            raise ValueError(f"unknown reducer {reducer!r}; expected one of {REDUCERS}")
+        self.position_names: Tuple[str, ...] = tuple(position_names)
+        self.student_channels: Tuple[int, ...] = tuple(int(c) for c in student_channels)
+        self.teacher_channels: Tuple[int, ...] = tuple(int(c) for c in teacher_channels)
+        self.loss_factors: Tuple[float, ...] = tuple(float(f) for f in loss_factors)
+        self.reducer = reducer
+        self.distilled_positions: List[int] = sorted(set(range(num)) - set(ignore_inds))
+        if not self.distilled_positions:
+            raise ValueError("every position is in ignore_inds: nothing to distil")
+        for i in self.distilled_positions:
+            name, sc, tc, factor = self._name(i), self.student_channels[i], self.teacher_channels[i], self.loss_factors[i]
+            if not factor > 0 or factor == float("inf"):
+                raise ValueError(f"loss factor of distilled position {name} must be finite and > 0, got {factor}")
+            if tc < sc:
+                raise ValueError(f"position {name}: teacher channels ({tc}) < student channels ({sc})")
+            copies_per_student(sc, tc)
+        self.student_norms = nn.ModuleDict(
+            {self._name(i): build_student_norm(norm, self.student_channels[i]) for i in self.distilled_positions}
+        )
+        for i in self.distilled_positions:
+            for kind in ("margin", "cost", "assignment"):
+                self.register_buffer(self._buffer(kind, i), None, persistent=False)
+        self.images_seen = 0  # images accumulated since the last reset (a host int: no sync)
+
+    # -- naming -------------------------------------------------------------------------
+    def _name(self, i: int) -> str:
+        return self.position_names[i]
+
+    def _buffer(self, kind: str, i: int) -> str:
+        return f"{kind}_{self.position_names[i]}"
+
+    def _get(self, kind: str, i: int) -> Optional[Tensor]:
+        return getattr(self, self._buffer(kind, i))
+
+    def _set(self, kind: str, i: int, value: Optional[Tensor]) -> None:
+        setattr(self, self._buffer(kind, i), value)
+
+    def _default_device(self) -> torch.device:
+        return next(self.student_norms.parameters()).device
+
+    # -- margins ------------------------------------------------------------------------
+    def update_margins(self, teacher_affines: Sequence[Affine]) -> None:
+        """Set the teacher margins from its norm affines, one entry per position.
+
+        Each entry is (gamma [tc], beta [tc]) of the teacher norm before that ReLU, or None
+        for a fresh norm (gamma = 1, beta = 0), e.g. FPN outputs. Ignored positions are
+        skipped. Margins live on the affine's device (or the student norms' for None).
+        """
+        self._check_length("teacher_affines", teacher_affines)
+        for i in self.distilled_positions:
+            tc = self.teacher_channels[i]
+            affine = teacher_affines[i]
+            if affine is None:
+                device = self._default_device()
+                gamma, beta = torch.ones(tc, device=device), torch.zeros(tc, device=device)
+            else:
+                gamma, beta = affine
+            if gamma.numel() != tc or beta.numel() != tc:
+                raise ValueError(
+                    f"position {self._name(i)}: affine has {gamma.numel()}/{beta.numel()} channels, expected {tc}"
+                )
+            self._set("margin", i, margins_from_affine(gamma.reshape(-1), beta.reshape(-1)).float())
+
+    # -- matching -----------------------------------------------------------------------
+    def reset_matching(self) -> None:
+        """Forget the accumulated costs and the image count (the assignment is kept)."""
+        for i in self.distilled_positions:
+            self._set("cost", i, None)
+        self.images_seen = 0
+
+    @torch.no_grad()
+    def accumulate_matching(
+        self, student_feats: Sequence[Optional[Tensor]], teacher_feats: Sequence[Optional[Tensor]]
+    ) -> None:
+        """Add one batch's matching costs (raw student taps vs teacher taps, [N, C, H, W])."""
+        pairs = self._checked_pairs(student_feats, teacher_feats)
+        for i, (s, t) in pairs.items():
+            cost = matching_cost(s, t)
+            total = self._get("cost", i)
+            self._set("cost", i, cost if total is None else total.add_(cost))
+        self.images_seen += next(iter(pairs.values()))[0].shape[0]
+
+    def finish_matching(self) -> Dict[str, float]:
+        """Solve the assignment per distilled position from the mean cost per image.
+
+        Under torch.distributed, rank 0 solves and broadcasts, so every rank ends with rank
+        0's assignment. Resets the accumulators. Returns {position: mean cost of the matched
+        pairs} (in [0, 4]) for logging.
+        """
+        if self.images_seen == 0:
+            raise ValueError("finish_matching() called before accumulate_matching()")
+        costs = {i: self._get("cost", i) / self.images_seen for i in self.distilled_positions}
+        sparse = self.reducer == "sm"
+        distributed = dist.is_available() and dist.is_initialized()
+        if not distributed or dist.get_rank() == 0:
+            assignments = {i: solve_matching(c, sparse=sparse) for i, c in costs.items()}
+        else:
+            assignments = {
+                i: torch.empty(assignment_length(*c.shape, sparse=sparse), dtype=torch.long, device=c.device)
+                for i, c in costs.items()
+            }
+        if distributed:
+            assignments = _broadcast_from_rank0(assignments)
+        matched_costs = []
+        for i, guided in assignments.items():
+            self._set("assignment", i, guided)
+            students = torch.arange(guided.numel(), device=guided.device) % self.student_channels[i]
+            matched_costs.append(costs[i][students, guided].mean())
+        self.reset_matching()
+        names = [self._name(i) for i in assignments]
+        return dict(zip(names, torch.stack(matched_costs).tolist()))
+
+    # -- loss ---------------------------------------------------------------------------
+    def forward(
+        self, student_feats: Sequence[Optional[Tensor]], teacher_feats: Sequence[Optional[Tensor]]
+    ) -> Dict[str, Tensor]:
+        """{position: loss / loss factor} over the distilled positions.
+
+        Student taps pass through their trainable norm; the teacher taps are detached and
+        reduced along the current assignment. The caller sums and divides by the batch size.
+        """
+        pairs = self._checked_pairs(student_feats, teacher_feats)
+        losses = {}
+        for i, (s, t) in pairs.items():
+            margin, guided = self._get("margin", i), self._get("assignment", i)
+            if margin is None:
+                raise ValueError("MGD loss asked for before update_margins()")
+            if guided is None:
+                raise ValueError("MGD loss asked for before any finish_matching()")
+            target, target_margin = reduce_teacher(t.detach(), margin, guided, self.student_channels[i], self.reducer)
+            student = self.student_norms[self._name(i)](s)
+            losses[self._name(i)] = distillation_loss(student, target, target_margin) / self.loss_factors[i]
+        return losses
+
+    # -- validation ---------------------------------------------------------------------
+    def _check_length(self, what: str, seq: Sequence) -> None:
+        if len(seq) != len(self.position_names):
+            raise ValueError(f"{what} has {len(seq)} entries for {len(self.position_names)} positions")
+
+    def _checked_pairs(
+        self, student_feats: Sequence[Optional[Tensor]], teacher_feats: Sequence[Optional[Tensor]]
+    ) -> Dict[int, Tuple[Tensor, Tensor]]:
+        """{position index: (student, teacher)} for distilled positions, checking channels."""
+        self._check_length("student_feats", student_feats)
+        self._check_length("teacher_feats", teacher_feats)
+        pairs = {}
+        for i in self.distilled_positions:
+            s, t = student_feats[i], teacher_feats[i]
+            name = self._name(i)
+            if s is None or t is None:
+                raise ValueError(f"position {name} is distilled but a feature is None")
+            if s.dim() != 4 or s.shape[1] != self.student_channels[i]:
+                raise ValueError(f"position {name}: student feature {tuple(s.shape)}, expected [N, {self.student_channels[i]}, H, W]")
+            if t.dim() != 4 or t.shape[1] != self.teacher_channels[i]:
+                raise ValueError(f"position {name}: teacher feature {tuple(t.shape)}, expected [N, {self.teacher_channels[i]}, H, W]")
+            if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+                raise ValueError(f"position {name}: student {tuple(s.shape)} and teacher {tuple(t.shape)} differ in N, H or W")
+            pairs[i] = (s, t)
+        return pairs
+
+    def extra_repr(self) -> str:
+        names = [self._name(i) for i in self.distilled_positions]
+        return f"reducer={self.reducer!r}, distilled={names}"
+
+
+def _broadcast_from_rank0(assignments: Dict[int, Tensor]) -> Dict[int, Tensor]:
+    """One dist.broadcast of all assignments (concatenated) from rank 0; same dict on return."""
+    order = sorted(assignments)
+    flat = torch.cat([assignments[i] for i in order])
+    dist.broadcast(flat, src=0)
+    sizes = [assignments[i].numel() for i in order]
+    return dict(zip(order, flat.split(sizes)))
