@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Get the pinned Detectron2 commit into DEST, apply the compatibility edits, build the C++ ops.
+# Usage: scripts/get_detectron2.sh DEST REPO_URL COMMIT
+# Re-running is a no-op once DEST is at COMMIT, patched and built.
+set -euo pipefail
+dest=$1 repo=$2 commit=$3
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-python}
+
+say() { echo "[detectron2] $*"; }
+die() { echo "error: $*" >&2; exit 2; }
+
+if [ ! -d "$dest/.git" ]; then
+    [ -e "$dest" ] && [ -n "$(ls -A "$dest" 2>/dev/null)" ] && \
+        die "$dest exists but is not a git checkout; move it away and run 'make detectron2' again"
+    say "cloning $repo"
+    tmp="$dest.partial"
+    rm -rf "$tmp"
+    GIT_TERMINAL_PROMPT=0 timeout 600 git clone --quiet --no-checkout "$repo" "$tmp" || {
+        rm -rf "$tmp"
+        die "cannot clone $repo; when offline, point git at a mirror: make detectron2 DETECTRON2_REPO=/path/to/detectron2-mirror"
+    }
+    mv "$tmp" "$dest"
+fi
+
+cd "$dest"
+if [ "$(git rev-parse HEAD 2>/dev/null || true)" != "$commit" ]; then
+    if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
+        # The pin is Detectron2 PR #1820 and lies on no branch: fetch the PR ref (it contains the
+        # pin as an ancestor), or the commit itself where the server allows fetching by SHA.
+        say "fetching pull/1820/head (the pinned commit is on no branch)"
+        GIT_TERMINAL_PROMPT=0 git fetch --quiet origin pull/1820/head 2>/dev/null \
+            || GIT_TERMINAL_PROMPT=0 git fetch --quiet origin "$commit" \
+            || die "cannot fetch $commit from $(git remote get-url origin); check the network or DETECTRON2_REPO"
+    fi
+    git cat-file -e "$commit^{commit}" 2>/dev/null || die "$commit is not in $(git remote get-url origin)"
+    say "checking out $commit"
+    git -c advice.detachedHead=false checkout --quiet "$commit"
+fi
+[ "$(git rev-parse HEAD)" = "$commit" ] || die "HEAD is $(git rev-parse HEAD), expected $commit"
+say "at $commit (verified)"
+
+"$python" "$here/patch_detectron2.py" .
+
+if ! ls detectron2/_C*.so >/dev/null 2>&1; then
+    say "building the C++ extension in place (about a minute on 2 cores)"
+    "$python" setup.py build_ext --inplace > build.log 2>&1 || {
+        tail -20 build.log >&2
+        die "building Detectron2's extension failed; the full log is $dest/build.log"
+    }
+fi
+say "built: $(ls detectron2/_C*.so)"
