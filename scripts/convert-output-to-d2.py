@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Split the student (or, with --eval-teacher, the teacher) out of an MGD checkpoint.
+
+    python scripts/convert-output-to-d2.py IN.pth OUT.pkl [--eval-teacher]
+
+Keeps the ``s_net.*`` keys (``t_net.*`` with --eval-teacher) without the prefix, as numpy
+arrays, in a Detectron2 pickle ``{"model": ..., "__author__": "TORCHVISION",
+"matching_heuristics": True}`` that a plain RetinaNet config can use as ``MODEL.WEIGHTS``.
+IN is read as data only; OUT is written atomically.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from checkpoint_io import (  # noqa: E402
+    OneLineArgumentParser,
+    convert_distilled,
+    run_cli,
+)
+
+
+def build_parser():
+    p = OneLineArgumentParser(
+        prog="convert-output-to-d2.py",
+        description="Extract the student (or teacher) of an MGD distillation checkpoint "
+                    "into a Detectron2 pickle.")
+    p.add_argument("input", metavar="IN", help="distillation checkpoint (e.g. output/model_final.pth)")
+    p.add_argument("output", metavar="OUT", help="output pickle (.pkl)")
+    p.add_argument("--eval-teacher", action="store_true",
+                   help="extract the teacher (t_net.*) instead of the student (s_net.*)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    print(convert_distilled(args.input, args.output, args.eval_teacher))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

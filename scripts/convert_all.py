@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Convert every ``*.pth`` checkpoint of an output folder to a Detectron2 ``.pkl``.
+
+    python scripts/convert_all.py [OUTPUT_DIR] [--eval-teacher]     (default OUTPUT_DIR: output)
+
+The loop of the original README, in one process: for each ``X.pth`` (sorted) it prints
+``X.pth -> X.pkl`` and writes ``X.pkl`` as scripts/convert-output-to-d2.py would (student, or
+the teacher with --eval-teacher). A file that fails is reported on one ``error:`` line and the
+others are still converted; the exit code is 2 if any failed (or none was found).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from checkpoint_io import (  # noqa: E402
+    CheckpointError,
+    OneLineArgumentParser,
+    convert_distilled,
+)
+
+
+def build_parser():
+    p = OneLineArgumentParser(
+        prog="convert_all.py",
+        description="Convert every *.pth in a folder with convert-output-to-d2.py's logic.")
+    p.add_argument("output_dir", metavar="OUTPUT_DIR", nargs="?", default="output",
+                   help="folder holding the distillation checkpoints (default: output)")
+    p.add_argument("--eval-teacher", action="store_true",
+                   help="extract the teacher (t_net.*) instead of the student (s_net.*)")
+    return p
+
+
+def convert_all(output_dir, eval_teacher=False, out=sys.stdout, err=sys.stderr):
+    """Returns the list of files that failed. Raises CheckpointError if nothing to do."""
+    if not os.path.isdir(output_dir):
+        what = "is not a folder" if os.path.exists(output_dir) else "does not exist"
+        raise CheckpointError(f"output folder {output_dir!r} {what}; pass the training's "
+                              "OUTPUT_DIR")
+    names = sorted(n for n in os.listdir(output_dir)
+                   if n.endswith(".pth") and os.path.isfile(os.path.join(output_dir, n)))
+    if not names:
+        raise CheckpointError(f"no *.pth checkpoints in {output_dir!r}; run the distillation "
+                              "first or pass its OUTPUT_DIR")
+    failed = []
+    for name in names:
+        new = name[: -len(".pth")] + ".pkl"
+        print(f"{name} -> {new}", file=out, flush=True)
+        try:
+            summary = convert_distilled(os.path.join(output_dir, name),
+                                        os.path.join(output_dir, new), eval_teacher)
+            print(f"  {summary}", file=out, flush=True)
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=err, flush=True)
+            failed.append(name)
+    return failed
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        failed = convert_all(args.output_dir, args.eval_teacher)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"error: {len(failed)} checkpoint(s) failed to convert: {', '.join(failed)}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

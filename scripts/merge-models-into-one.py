@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Put a trained RetinaNet teacher and a converted torchvision student backbone in one file.
+
+    python scripts/merge-models-into-one.py TEACHER.pth|pkl STUDENT.pkl OUT.pkl \
+        [--teacher-depth 50] [--student-depth 18]
+
+TEACHER: a Detectron2 RetinaNet checkpoint (e.g. model_final.pth of the base training, or a
+.pkl); its keys are saved as ``t_net.<key>``. STUDENT: a torchvision ResNet converted by
+Detectron2's tools/convert-torchvision-to-d2.py (``stem.*``, ``res2.*`` ... keys); its keys are
+saved as ``s_net.backbone.bottom_up.<key>``. OUT is a Detectron2 pickle
+``{"model": ..., "__author__": "TORCHVISION", "matching_heuristics": True}`` for
+``MODEL.WEIGHTS`` of the MGD training. Inputs are read as data only; OUT is written atomically.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from checkpoint_io import (  # noqa: E402
+    DEPTH_LAYOUTS,
+    STUDENT_BACKBONE_PREFIX,
+    TEACHER_PREFIX,
+    OneLineArgumentParser,
+    _layout_text,
+    check_output_path,
+    human_size,
+    load_checkpoint,
+    merge_teacher_student,
+    run_cli,
+    save_d2_pickle,
+    validate_student,
+    validate_teacher,
+)
+
+
+def build_parser():
+    p = OneLineArgumentParser(
+        prog="merge-models-into-one.py",
+        description="Merge a RetinaNet teacher and a converted torchvision student backbone "
+                    "into one Detectron2 pickle for MGD training.")
+    p.add_argument("teacher", metavar="TEACHER", help="teacher RetinaNet checkpoint (.pth or .pkl)")
+    p.add_argument("student", metavar="STUDENT",
+                   help="student backbone converted by convert-torchvision-to-d2.py (.pkl)")
+    p.add_argument("output", metavar="OUT", help="output pickle (.pkl)")
+    depths = sorted(DEPTH_LAYOUTS)
+    p.add_argument("--teacher-depth", type=int, choices=depths, default=None,
+                   help="refuse a teacher whose ResNet is not this deep")
+    p.add_argument("--student-depth", type=int, choices=depths, default=None,
+                   help="refuse a student whose ResNet is not this deep")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_output_path(args.output, inputs=[args.teacher, args.student])
+
+    teacher = load_checkpoint(args.teacher, what="teacher")
+    validate_teacher(teacher, args.teacher, args.teacher_depth)
+    student = load_checkpoint(args.student, what="student")
+    validate_student(student, args.student, args.student_depth)
+
+    merged = merge_teacher_student(teacher, student)
+    size = save_d2_pickle(merged, args.output)
+    print(f"teacher {args.teacher}: {len(teacher)} tensors -> {TEACHER_PREFIX}* "
+          f"(RetinaNet, {_layout_text(teacher, 'backbone.bottom_up.')})")
+    print(f"student {args.student}: {len(student)} tensors -> {STUDENT_BACKBONE_PREFIX}* "
+          f"({_layout_text(student)})")
+    print(f"wrote {args.output}: {len(merged)} tensors, {human_size(size)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
