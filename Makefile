@@ -16,8 +16,18 @@ OUTPUT_DIR        ?= output
 WEIGHTS_DIR       ?= weights
 OPTS              ?=
 PYTEST_ARGS       ?=
+# Weights: ImageNet torchvision ResNets, downloaded (RANDOM_INIT=1: random init, no download).
+RANDOM_INIT       ?=
+# Distillation inputs and outputs.
+TEACHER           ?= $(OUTPUT_DIR)/base-R50/model_final.pth
+STUDENT           ?= $(WEIGHTS_DIR)/r-18.pkl
+MERGED            ?= $(WEIGHTS_DIR)/T50-S18.pkl
+MGD_OUTPUT        ?= $(OUTPUT_DIR)/mgd
+EVAL_TEACHER      ?=
+EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final.pkl
 USER_VARIABLES := PYTHON DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS OUTPUT_DIR \
-                  WEIGHTS_DIR OPTS PYTEST_ARGS
+                  WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
+                  EVAL_TEACHER EVAL_WEIGHTS BASE_CONFIG MGD_CONFIG PYTEST_ARGS
 
 # Make the in-place Detectron2 build and this repository importable for every command below.
 export PYTHONPATH := $(CURDIR)/$(DETECTRON2_DIR):$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -25,6 +35,9 @@ export PYTHONPATH := $(CURDIR)/$(DETECTRON2_DIR):$(CURDIR)$(if $(PYTHONPATH),:$(
 D2_CONFIGS := $(DETECTRON2_DIR)/configs/COCO-Detection
 D2_PACKAGE := $(DETECTRON2_DIR)/detectron2
 D2_BUILT    = $(wildcard $(D2_PACKAGE)/_C*.so)
+# Configs are used from their copies inside the checkout (their _BASE_ is ../Base-RetinaNet.yaml).
+BASE_CONFIG       ?= $(D2_CONFIGS)/retinanet_torchvision_R_$(DEPTH)_FPN_1x.yaml
+MGD_CONFIG        ?= $(D2_CONFIGS)/mgd_retinanet_R50_R18_FPN_1x.yaml
 
 .PHONY: help
 help: ## list the targets and the variables
@@ -71,3 +84,46 @@ test-fast: ## run the tests without the slow end-to-end ones
 .PHONY: clean
 clean: ## remove caches (keeps detectron2/, weights/, datasets/ and outputs)
 	rm -rf .pytest_cache $$(find . -name __pycache__ -not -path './$(DETECTRON2_DIR)/*')
+
+# ---------------------------------------------------------------- the five steps of MGD
+# Each training target prints the command it runs; NUM_GPUS, OUTPUT_DIR and OPTS work on all.
+
+.PHONY: weights
+weights: ## get torchvision R18/R50 (download; RANDOM_INIT=1 for random init) and convert with the pin's converter
+	@test -n "$(D2_BUILT)" || { echo "error: Detectron2 is not built; run 'make detectron2' first" >&2; exit 2; }
+	@mkdir -p $(WEIGHTS_DIR); for depth in 18 50; do \
+	    pkl=$(WEIGHTS_DIR)/r-$$depth.pkl; pth=$(WEIGHTS_DIR)/resnet$$depth$(if $(RANDOM_INIT),-random).pth; \
+	    if [ -e $$pkl ]; then echo "$$pkl exists, kept"; continue; fi; \
+	    if [ ! -e $$pth ]; then \
+	        if [ -n "$(RANDOM_INIT)" ]; then cmd="$(PYTHON) scripts/make_random_torchvision_weights.py --depth $$depth $$pth"; \
+	        else cmd="$(PYTHON) scripts/download_torchvision_resnet.py --depth $$depth $$pth"; fi; \
+	        echo "+ $$cmd"; $$cmd; \
+	    fi; \
+	    echo "+ $(PYTHON) $(DETECTRON2_DIR)/tools/convert-torchvision-to-d2.py $$pth $$pkl"; \
+	    $(PYTHON) $(DETECTRON2_DIR)/tools/convert-torchvision-to-d2.py $$pth $$pkl.part > $$pkl.log; \
+	    mv $$pkl.part $$pkl; echo "converted $$pth -> $$pkl ($$(grep -c -- '->' $$pkl.log) tensors)"; rm $$pkl.log; \
+	done
+
+.PHONY: base
+base: overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18)
+	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) --config-file $(BASE_CONFIG) \
+	    MODEL.WEIGHTS $(WEIGHTS_DIR)/r-$(DEPTH).pkl OUTPUT_DIR $(OUTPUT_DIR)/base-R$(DEPTH) $(OPTS)
+
+.PHONY: merge
+merge: ## merge TEACHER (R50 base checkpoint) and STUDENT (r-18.pkl) into MERGED for distillation
+	$(PYTHON) scripts/merge-models-into-one.py $(TEACHER) $(STUDENT) $(MERGED)
+
+.PHONY: distill
+distill: overlay ## distil the student from the teacher with MGD, starting from MERGED
+	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) --config-file $(MGD_CONFIG) \
+	    MODEL.WEIGHTS $(MERGED) OUTPUT_DIR $(MGD_OUTPUT) $(OPTS)
+
+.PHONY: convert-all
+convert-all: ## split the student (EVAL_TEACHER=1: teacher) out of every MGD_OUTPUT/*.pth into a .pkl
+	bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
+
+.PHONY: eval
+eval: overlay ## COCO evaluation of EVAL_WEIGHTS (the split student; EVAL_TEACHER=1 for the teacher)
+	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) --config-file $(MGD_CONFIG) \
+	    $(if $(EVAL_TEACHER),--eval-teacher) MODEL.WEIGHTS $(EVAL_WEIGHTS) \
+	    OUTPUT_DIR $(MGD_OUTPUT)/eval$(if $(EVAL_TEACHER),-teacher) $(OPTS)
