@@ -16,10 +16,12 @@ if [ ! -d "$dest/.git" ]; then
     say "cloning $repo"
     tmp="$dest.partial"
     rm -rf "$tmp"
-    GIT_TERMINAL_PROMPT=0 timeout 600 git clone --quiet --no-checkout "$repo" "$tmp" || {
-        rm -rf "$tmp"
-        die "cannot clone $repo; when offline, point git at a mirror: make detectron2 DETECTRON2_REPO=/path/to/detectron2-mirror"
-    }
+    if ! GIT_TERMINAL_PROMPT=0 timeout 600 git clone --quiet --no-checkout "$repo" "$tmp" 2>"$dest.clone.log"; then
+        why=$(grep -v '^\s*$' "$dest.clone.log" | tail -1 | sed 's/^fatal: //')
+        rm -rf "$tmp" "$dest.clone.log"
+        die "cannot clone $repo ($why); offline, point git at a mirror: make detectron2 DETECTRON2_REPO=/path/to/detectron2-mirror"
+    fi
+    rm -f "$dest.clone.log"
     mv "$tmp" "$dest"
 fi
 
