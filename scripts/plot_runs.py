@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""Plot the training curves, MGD matching costs and AP comparison of several runs (PNG).
+
+    python scripts/plot_runs.py --runs NAME=DIR [NAME=DIR ...] [--ap-table results.json] \
+        --out DIR
+
+Each DIR is a Detectron2 output folder (or directly its metrics.json: one JSON object per
+line, with ``iteration`` and scalars such as ``total_loss``, ``loss_cls``, ``loss_box_reg``,
+``loss_distill``, ``mgd/cost_c2`` ...). Missing keys, missing runs' scalars and a cut-off last
+line are tolerated. Writes into --out:
+
+* ``loss_curves.png``   - one panel per loss (total_loss, loss_cls, loss_box_reg,
+  loss_distill, any other loss_*), one line per run;
+* ``matching_cost.png`` - for each run that logged ``mgd/cost_<position>``: the mean matching
+  cost of every position at each matching update (Detectron2 repeats the latest value on
+  every log line, so a new point is taken whenever the costs change);
+* ``ap_comparison.png`` - AP / AP50 / AP75 bars per model, from --ap-table (the
+  summarize_results.py format) or, without it, from the runs' last ``bbox/AP*`` lines.
+
+Uses matplotlib's Agg backend (no display needed).
+"""
+
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from checkpoint_io import OneLineArgumentParser  # noqa: E402
+from summarize_results import METRICS, ResultsError, delta_row, load_results  # noqa: E402
+
+LOSS_ORDER = ("total_loss", "loss_cls", "loss_box_reg", "loss_distill")
+COST_PREFIX = "mgd/cost_"
+POSITION_ORDER = ("c2", "c3", "c4", "c5", "p3", "p4", "p5", "p6", "p7")
+
+
+class PlotError(Exception):
+    """A user-facing problem (one line)."""
+
+
+def read_metrics(path):
+    """Records of a metrics.json, one per iteration (the last record wins), sorted.
+
+    Returns (records, n_bad_lines). Lines that are not JSON objects are skipped.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.json")
+    if not os.path.isfile(path):
+        raise PlotError(f"no metrics.json at {path!r}; pass a Detectron2 output folder")
+    by_iter = OrderedDict()
+    extra = []   # records without an iteration
+    bad = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if not isinstance(rec, dict):
+                bad += 1
+                continue
+            it = rec.get("iteration")
+            if isinstance(it, (int, float)):
+                merged = dict(by_iter.get(int(it), {}))
+                merged.update(rec)
+                by_iter[int(it)] = merged
+            else:
+                extra.append(rec)
+    records = [by_iter[k] for k in sorted(by_iter)]
+    return records + extra, bad
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def series(records, key):
+    """(iterations, values) of a scalar over the records that have it."""
+    xs, ys = [], []
+    for rec in records:
+        if "iteration" in rec and _number(rec.get(key)):
+            xs.append(rec["iteration"])
+            ys.append(float(rec[key]))
+    return xs, ys
+
+
+def loss_keys(runs):
+    found = set()
+    for recs in runs.values():
+        for rec in recs:
+            found.update(k for k in rec if (k == "total_loss" or k.startswith("loss"))
+                         and _number(rec[k]))
+    ordered = [k for k in LOSS_ORDER if k in found]
+    return ordered + sorted(found - set(ordered))
+
+
+def cost_updates(records):
+    """[(iteration, {position: cost})] at each change of the logged matching costs."""
+    out, last = [], None
+    for rec in records:
+        costs = {k[len(COST_PREFIX):]: float(v) for k, v in rec.items()
+                 if k.startswith(COST_PREFIX) and _number(v)}
+        if not costs or "iteration" not in rec:
+            continue
+        key = tuple(sorted(costs.items()))
+        if key != last:
+            out.append((rec["iteration"], costs))
+            last = key
+    return out
+
+
+def _position_sort(p):
+    return (POSITION_ORDER.index(p), p) if p in POSITION_ORDER else (len(POSITION_ORDER), p)
+
+
+def plot_losses(plt, runs, out_path):
+    keys = loss_keys(runs)
+    if not keys:
+        return _placeholder(plt, out_path, "no loss scalars in these runs' metrics.json")
+    ncols = 2 if len(keys) > 1 else 1
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        values = []
+        for name, recs in runs.items():
+            xs, ys = series(recs, key)
+            if xs:
+                ax.plot(xs, ys, label=name, linewidth=1.3)
+                values += ys
+        if values and min(values) > 0 and max(values) / min(values) > 50:
+            ax.set_yscale("log")
+        ax.set_title(key)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        if values:
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle("training losses")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def plot_costs(plt, runs, out_path):
+    updates = {name: cost_updates(recs) for name, recs in runs.items()}
+    updates = {name: u for name, u in updates.items() if u}
+    if not updates:
+        return _placeholder(plt, out_path, "no mgd/cost_* scalars in these runs "
+                                           "(only MGD runs log matching costs)")
+    fig, axes = plt.subplots(1, len(updates), figsize=(6.5 * len(updates), 4), squeeze=False)
+    for ax, (name, ups) in zip(axes.flat, updates.items()):
+        positions = sorted({p for _, c in ups for p in c}, key=_position_sort)
+        for p in positions:
+            pts = [(it, c[p]) for it, c in ups if p in c]
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=p)
+        ax.set_title(f"{name}: mean matching cost per position")
+        ax.set_xlabel("iteration of the matching update")
+        ax.set_ylabel("mean cost (2 - 2 cos)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def ap_from_runs(runs):
+    """{run: {AP, AP50, AP75}} from the last bbox/AP* record of each run, where present."""
+    table = OrderedDict()
+    for name, recs in runs.items():
+        for rec in reversed(recs):
+            if all(_number(rec.get(f"bbox/{k}")) for k in METRICS):
+                table[name] = {k: float(rec[f"bbox/{k}"]) for k in METRICS}
+                break
+    return table
+
+
+def plot_ap(plt, table, out_path, baseline="student", distilled="mgd"):
+    if not table:
+        return _placeholder(plt, out_path, "no AP results yet (evaluate the models first)")
+    import numpy as np
+
+    names = list(table)
+    width = 0.8 / len(METRICS)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(names) + 2), 4))
+    for i, k in enumerate(METRICS):
+        vals = [table[n].get(k) if _number(table[n].get(k)) else 0.0 for n in names]
+        bars = ax.bar(x + (i - (len(METRICS) - 1) / 2) * width, vals, width, label=k)
+        for b, v in zip(bars, vals):
+            ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names)
+    ax.set_ylabel("COCO box AP (%)")
+    title = "AP comparison"
+    delta = delta_row(table, baseline, distilled)
+    if delta is not None and _number(delta["AP"]):
+        title += f"  ({distilled} - {baseline}: {delta['AP']:+.2f} AP)"
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def _placeholder(plt, out_path, message):
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def build_parser():
+    p = OneLineArgumentParser(prog="plot_runs.py",
+                              description="Plot losses, matching costs and AP of runs.")
+    p.add_argument("--runs", nargs="+", required=True, metavar="NAME=DIR",
+                   help="run name and its output folder (or metrics.json)")
+    p.add_argument("--ap-table", metavar="RESULTS.json",
+                   help="AP results in summarize_results.py's format")
+    p.add_argument("--out", required=True, help="folder for the PNG files (created)")
+    p.add_argument("--baseline", default="student")
+    p.add_argument("--distilled", default="mgd")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        runs = OrderedDict()
+        for item in args.runs:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise PlotError(f"--runs takes NAME=DIR, got {item!r}")
+            records, bad = read_metrics(path)
+            if bad:
+                print(f"note: {name}: skipped {bad} unreadable line(s) of metrics.json")
+            runs[name] = records
+        table = load_results(args.ap_table) if args.ap_table else ap_from_runs(runs)
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as exc:
+            raise PlotError(f"cannot create output folder {args.out!r}: {exc}") from None
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        written = [
+            plot_losses(plt, runs, os.path.join(args.out, "loss_curves.png")),
+            plot_costs(plt, runs, os.path.join(args.out, "matching_cost.png")),
+            plot_ap(plt, table, os.path.join(args.out, "ap_comparison.png"),
+                    args.baseline, args.distilled),
+        ]
+    except (PlotError, ResultsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
