@@ -1,0 +1,137 @@
+"""The MGD matching schedule as a Detectron2 trainer hook.
+
+``matching_update_due`` is the rule, as a pure function: the matching (and, at the first
+iteration of a run, the margins) is recomputed at the first iteration of every run (start
+or resume), then whenever ``iteration % f == 0`` with ``f = UPDATE_FREQ[k]``, k being the
+number of ``UPDATE_SLOW_STEP`` entries <= iteration. Defaults for a 90k run: 0, 5k, 10k,
+15k, 31k, 62k.
+"""
+import bisect
+import datetime
+import json
+import logging
+import os
+import time
+from typing import List, Sequence
+
+from detectron2.engine.train_loop import HookBase
+from detectron2.utils import comm
+
+__all__ = ["matching_update_due", "matching_schedule", "MGDMatchingHook", "unwrap_model"]
+
+logger = logging.getLogger("detectron2.mgd")
+
+
+def _check_schedule(update_freq: Sequence[int], slow_steps: Sequence[int]) -> None:
+    if len(update_freq) != len(slow_steps) + 1:
+        raise ValueError(
+            f"MGD.UPDATE_FREQ needs one more entry than MGD.UPDATE_SLOW_STEP, got "
+            f"{list(update_freq)} and {list(slow_steps)}"
+        )
+    if any(f <= 0 for f in update_freq):
+        raise ValueError(f"MGD.UPDATE_FREQ entries must be > 0, got {list(update_freq)}")
+    if list(slow_steps) != sorted(slow_steps):
+        raise ValueError(f"MGD.UPDATE_SLOW_STEP must be increasing, got {list(slow_steps)}")
+
+
+def matching_update_due(
+    iteration: int, start_iter: int, update_freq: Sequence[int], slow_steps: Sequence[int]
+) -> bool:
+    """Whether the matching is recomputed before training step ``iteration``."""
+    _check_schedule(update_freq, slow_steps)
+    if iteration == start_iter:
+        return True
+    freq = update_freq[bisect.bisect_right(list(slow_steps), iteration)]
+    return iteration % freq == 0
+
+
+def matching_schedule(
+    max_iter: int, update_freq: Sequence[int], slow_steps: Sequence[int], start_iter: int = 0
+) -> List[int]:
+    """Every iteration in [start_iter, max_iter) at which the matching is recomputed."""
+    return [
+        it for it in range(start_iter, max_iter)
+        if matching_update_due(it, start_iter, update_freq, slow_steps)
+    ]
+
+
+def unwrap_model(model):
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+class MGDMatchingHook(HookBase):
+    """Before the scheduled steps: margins (first step of the run) and a matching pass.
+
+    The pass draws ``MGD.UPDATE_ITER`` batches from the trainer's training data iterator and
+    runs both networks in eval mode without grad. It logs progress with an ETA, puts the mean
+    matched cost per position into the event storage as ``mgd/cost_<position>`` (plus
+    ``mgd/matching_iter`` and ``mgd/matching_seconds``; so they reach metrics.json and
+    TensorBoard) and, on the main process, appends one JSON line per update to
+    ``OUTPUT_DIR/mgd_matching.json``.
+    """
+
+    def __init__(self, cfg, log_every: int = 0):
+        self.update_freq = list(cfg.MGD.UPDATE_FREQ)
+        self.slow_steps = list(cfg.MGD.UPDATE_SLOW_STEP)
+        _check_schedule(self.update_freq, self.slow_steps)
+        self.update_iter = int(cfg.MGD.UPDATE_ITER)
+        if self.update_iter <= 0:
+            raise ValueError(f"MGD.UPDATE_ITER must be > 0, got {self.update_iter}")
+        self.log_every = log_every or max(1, min(100, self.update_iter // 10))
+        self.output_dir = cfg.OUTPUT_DIR
+        #: every update done by this hook: {"iteration", "costs", "images", "seconds"}
+        self.history = []
+
+    def before_step(self):
+        trainer = self.trainer
+        if not matching_update_due(trainer.iter, trainer.start_iter, self.update_freq, self.slow_steps):
+            return
+        model = unwrap_model(trainer.model)
+        if trainer.iter == trainer.start_iter:
+            model.update_margins()
+            logger.info(f"MGD: margins computed from the teacher's norms at iteration {trainer.iter}")
+        self.update_matching()
+
+    def update_matching(self):
+        trainer = self.trainer
+        model = unwrap_model(trainer.model)
+        iteration, total = trainer.iter, self.update_iter
+        was_training = trainer.model.training
+        trainer.model.eval()
+        start = time.perf_counter()
+        try:
+            model.reset_matching()
+            for done in range(1, total + 1):
+                model.accumulate_matching(next(trainer._data_loader_iter))
+                if done % self.log_every == 0 or done == total:
+                    elapsed = time.perf_counter() - start
+                    eta = elapsed / done * (total - done)
+                    logger.info(
+                        f"MGD matching at iteration {iteration}: {done}/{total} batches, "
+                        f"{_format_seconds(elapsed)} elapsed, ETA {_format_seconds(eta)}"
+                    )
+            images = model.distiller.images_seen
+            costs = model.finish_matching()
+        finally:
+            trainer.model.train(was_training)
+        seconds = time.perf_counter() - start
+        storage = trainer.storage
+        for name, cost in costs.items():
+            storage.put_scalar(f"mgd/cost_{name}", cost, smoothing_hint=False)
+        storage.put_scalar("mgd/matching_iter", iteration, smoothing_hint=False)
+        storage.put_scalar("mgd/matching_seconds", seconds, smoothing_hint=False)
+        record = {"iteration": iteration, "costs": costs, "images": images, "seconds": round(seconds, 3)}
+        self.history.append(record)
+        logger.info(
+            f"MGD matching at iteration {iteration} done in {seconds:.1f}s over {images} images; "
+            "mean matched cost: " + ", ".join(f"{k} {v:.4f}" for k, v in costs.items())
+        )
+        if comm.is_main_process() and self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            with open(os.path.join(self.output_dir, "mgd_matching.json"), "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")

@@ -1,0 +1,130 @@
+"""MGD configuration for Detectron2: ``add_mgd_config`` and the teacher/student derivation.
+
+This is Detectron2 glue: it imports detectron2, and ``import mgd`` does not import it.
+
+Keys added (defaults = the original's COCO 1x setting, DESIGN.md):
+
+* ``MGD.REDUCER`` "amp" | "rd" | "sp" | "sm"
+* ``MGD.IGNORE_INDS`` positions not distilled, over ``[c2, c3, c4, c5, p3, p4, p5, p6, p7]``
+* ``MGD.SYNC_BN`` the norms MGD adds to the student (distiller norms and, when
+  ``MGD.STUDENT.STAGE_LAST_NORM`` is "GN", the stage-last norms) become SyncBN
+* ``MGD.PRERELU`` distil the pre-ReLU taps (True) or their ReLU (False; c positions)
+* ``MGD.UPDATE_FREQ``, ``MGD.UPDATE_SLOW_STEP``, ``MGD.UPDATE_ITER`` the matching schedule
+* ``MGD.LOSS_FACTORS`` nine per-position divisors of the loss
+* ``MGD.TEACHER.*`` / ``MGD.STUDENT.*``: DEPTH, RES2_OUT_CHANNELS, STRIDE_IN_1X1, FREEZE_AT,
+  NORM, STAGE_LAST_NORM, PIXEL_MEAN, PIXEL_STD of each RetinaNet
+* ``MODEL.RESNETS.STAGE_LAST_NORM`` ("" = off) for the ``build_mgd_*`` backbones
+* ``SOLVER.NESTEROV`` True and ``INPUT.FORMAT`` "RGB" as new defaults (torchvision weights
+  take RGB input); a config file can set them back.
+
+The two RetinaNet configs are clones of the full config with only the keys above replaced
+(``derive_net_config``); the shared model keys (RETINANET, ANCHOR_GENERATOR, FPN, ...)
+come from the full config. Neither net's settings can leak into the other's.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = [
+    "add_mgd_config",
+    "derive_net_config",
+    "teacher_config",
+    "student_config",
+    "is_mgd_config",
+    "MGD_META_ARCHITECTURE",
+    "MGD_BACKBONE",
+    "TORCHVISION_PIXEL_MEAN",
+    "TORCHVISION_PIXEL_STD",
+]
+
+MGD_META_ARCHITECTURE = "MGDRetinaNet"
+MGD_BACKBONE = "build_mgd_retinanet_resnet_fpn_backbone"
+TORCHVISION_PIXEL_MEAN = [123.675, 116.28, 103.53]
+TORCHVISION_PIXEL_STD = [58.395, 57.12, 57.375]
+ORIGINAL_LOSS_FACTORS = [f * 5e7 for f in (1.0, 1.0, 0.1, 0.1, 1.0, 1.0, 0.01, 0.0, 0.0)]
+
+# (MGD.<NET> key, where it goes in the derived RetinaNet config)
+_NET_KEYS = (
+    ("DEPTH", ("MODEL", "RESNETS", "DEPTH")),
+    ("RES2_OUT_CHANNELS", ("MODEL", "RESNETS", "RES2_OUT_CHANNELS")),
+    ("STRIDE_IN_1X1", ("MODEL", "RESNETS", "STRIDE_IN_1X1")),
+    ("FREEZE_AT", ("MODEL", "BACKBONE", "FREEZE_AT")),
+    ("NORM", ("MODEL", "RESNETS", "NORM")),
+    ("STAGE_LAST_NORM", ("MODEL", "RESNETS", "STAGE_LAST_NORM")),
+    ("PIXEL_MEAN", ("MODEL", "PIXEL_MEAN")),
+    ("PIXEL_STD", ("MODEL", "PIXEL_STD")),
+)
+
+
+def _net_node(depth, res2_out_channels, freeze_at, stage_last_norm):
+    node = CN()
+    node.DEPTH = depth
+    node.RES2_OUT_CHANNELS = res2_out_channels
+    node.STRIDE_IN_1X1 = False
+    node.FREEZE_AT = freeze_at
+    node.NORM = "FrozenBN"
+    node.STAGE_LAST_NORM = stage_last_norm
+    node.PIXEL_MEAN = list(TORCHVISION_PIXEL_MEAN)
+    node.PIXEL_STD = list(TORCHVISION_PIXEL_STD)
+    return node
+
+
+def add_mgd_config(cfg):
+    """Add the MGD keys (module doc) to a Detectron2 config, in place. Returns cfg."""
+    cfg.SOLVER.NESTEROV = True
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.MODEL.RESNETS.STAGE_LAST_NORM = ""
+
+    cfg.MGD = CN()
+    cfg.MGD.REDUCER = "amp"
+    # positions: [c2, c3, c4, c5, p3, p4, p5, p6, p7]
+    cfg.MGD.IGNORE_INDS = [4, 5, 6, 7, 8]
+    cfg.MGD.SYNC_BN = False
+    cfg.MGD.PRERELU = True
+    # matching update every UPDATE_FREQ[k] iterations, k = number of UPDATE_SLOW_STEP passed
+    cfg.MGD.UPDATE_FREQ = [5000, 31000]
+    cfg.MGD.UPDATE_SLOW_STEP = [20000]
+    cfg.MGD.UPDATE_ITER = 1000
+    cfg.MGD.LOSS_FACTORS = list(ORIGINAL_LOSS_FACTORS)
+    # The teacher is frozen whatever its FREEZE_AT; FREEZE_AT only decides (as in its base
+    # training) which stages carry the stage-last norm.
+    cfg.MGD.TEACHER = _net_node(50, 256, 2, "")
+    cfg.MGD.STUDENT = _net_node(18, 64, 1, "GN")
+    return cfg
+
+
+def is_mgd_config(cfg) -> bool:
+    return cfg.MODEL.META_ARCHITECTURE == MGD_META_ARCHITECTURE
+
+
+def derive_net_config(cfg, role: str):
+    """The plain RetinaNet config of the teacher (role "teacher") or student ("student").
+
+    A clone of ``cfg`` with META_ARCHITECTURE "RetinaNet", the MGD backbone, and the keys of
+    ``MGD.TEACHER`` / ``MGD.STUDENT`` written to their MODEL.* places. With ``MGD.SYNC_BN``
+    a student stage-last norm of "GN" becomes "SyncBN" (as the original did).
+    """
+    if role not in ("teacher", "student"):
+        raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
+    node = cfg.MGD.TEACHER if role == "teacher" else cfg.MGD.STUDENT
+    out = cfg.clone()
+    out.defrost()
+    out.MODEL.META_ARCHITECTURE = "RetinaNet"
+    out.MODEL.BACKBONE.NAME = MGD_BACKBONE
+    for key, path in _NET_KEYS:
+        parent = out
+        for part in path[:-1]:
+            parent = parent[part]
+        value = node[key]
+        parent[path[-1]] = list(value) if isinstance(value, (list, tuple)) else value
+    if role == "student" and cfg.MGD.SYNC_BN and out.MODEL.RESNETS.STAGE_LAST_NORM == "GN":
+        out.MODEL.RESNETS.STAGE_LAST_NORM = "SyncBN"
+    out.MODEL.WEIGHTS = ""
+    out.freeze()
+    return out
+
+
+def teacher_config(cfg):
+    return derive_net_config(cfg, "teacher")
+
+
+def student_config(cfg):
+    return derive_net_config(cfg, "student")
