@@ -1,15 +1,16 @@
 """Reducers: turn the matched teacher channels into one target channel per student channel.
 
 With k = tc // sc copies, the tiled assignment ``guided`` [k * sc] selects, for student
-channel j, the teacher channels guided[i * sc + j], i < k. The matched teacher responses are
-viewed as [N, k, sc, H, W] and reduced over the copies:
+channel j, the teacher channels guided[i * sc + j], i < k ("copy" i). The matched teacher
+responses are reduced over the k copies, elementwise:
 
-- "amp": absolute max pooling: the value with the largest magnitude; margin = mean.
+- "amp": absolute max pooling: the value with the largest magnitude (on an exact tie
+  between +a and -a, +a); margin = mean.
 - "rd": a random copy per location; margin = a random copy's margin per channel.
 - "sp": max pooling (signed); margin = max.
 - "sm": sparse matching; ``guided`` [sc] is one teacher channel per student channel.
 """
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -55,30 +56,58 @@ def reduce_teacher(
     if method == "sm" and guided.numel() != sc:
         raise ValueError(f"'sm' needs one teacher channel per student channel ({sc}), got {guided.numel()}")
     k = guided.numel() // sc
-    matched = teacher.index_select(1, guided).view(n, k, sc, h, w)
+    copies = guided.view(k, sc)  # row i: the teacher channels of copy i
     matched_margin = margin.index_select(0, guided).view(k, sc)
     if method == "amp":
-        t, m = _absolute_max(matched), matched_margin.mean(0)
+        t, m = _absolute_max(teacher, copies), matched_margin.mean(0)
     elif method == "sp":
-        t, m = matched.amax(1), matched_margin.amax(0)
+        t, m = _max(teacher, copies), matched_margin.amax(0)
     elif method == "rd":
-        t, m = _random_copy(matched, matched_margin, generator)
+        t, m = _random_copy(teacher, copies, matched_margin, generator)
     else:  # "sm": k == 1
-        t, m = matched[:, 0], matched_margin[0]
+        t, m = teacher.index_select(1, copies[0]), matched_margin[0]
     return t, m.view(1, sc, 1, 1)
 
 
-def _absolute_max(matched: Tensor) -> Tensor:
-    """[N, k, sc, H, W] -> [N, sc, H, W]: the value of largest |x| over copies (first on ties)."""
-    pick = matched.abs().argmax(1, keepdim=True)
-    return matched.gather(1, pick).squeeze(1)
+def _matched(teacher: Tensor, copies: Tensor) -> Iterator[Tensor]:
+    """The teacher responses of each copy in turn, [N, sc, H, W] each (k copies, k small).
+
+    Reducing copy by copy keeps one [N, sc, H, W] buffer instead of an [N, k, sc, H, W] one,
+    and avoids arg-reductions over a strided axis, which are slow on CPU.
+    """
+    for channels in copies:
+        yield teacher.index_select(1, channels)
+
+
+def _max(teacher: Tensor, copies: Tensor) -> Tensor:
+    """SP: elementwise max over the copies."""
+    matched = _matched(teacher, copies)
+    out = next(matched)
+    for values in matched:
+        torch.maximum(out, values, out=out)
+    return out
+
+
+def _absolute_max(teacher: Tensor, copies: Tensor) -> Tensor:
+    """AMP: elementwise value of largest magnitude over the copies (+a over -a on a tie)."""
+    matched = _matched(teacher, copies)
+    high = next(matched)
+    low = high.clone()
+    for values in matched:
+        torch.maximum(high, values, out=high)
+        torch.minimum(low, values, out=low)
+    return torch.where(high >= -low, high, low)
 
 
 def _random_copy(
-    matched: Tensor, matched_margin: Tensor, generator: Optional[torch.Generator]
+    teacher: Tensor, copies: Tensor, matched_margin: Tensor, generator: Optional[torch.Generator]
 ) -> Tuple[Tensor, Tensor]:
-    """A uniformly random copy per (image, channel, location) and per channel for the margin."""
-    n, k, sc, h, w = matched.shape
-    pick = torch.randint(k, (n, 1, sc, h, w), generator=generator, device=matched.device)
-    margin_pick = torch.randint(k, (1, sc), generator=generator, device=matched.device)
-    return matched.gather(1, pick).squeeze(1), matched_margin.gather(0, margin_pick).squeeze(0)
+    """RD: a uniformly random copy per (image, channel, location); per channel for the margin."""
+    k, sc = copies.shape
+    n, _, h, w = teacher.shape
+    pick = torch.randint(k, (n, sc, h, w), generator=generator, device=teacher.device)
+    margin_pick = torch.randint(k, (1, sc), generator=generator, device=teacher.device)
+    out = None
+    for i, values in enumerate(_matched(teacher, copies)):
+        out = values if out is None else torch.where(pick == i, values, out)
+    return out, matched_margin.gather(0, margin_pick).squeeze(0)

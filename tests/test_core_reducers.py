@@ -34,9 +34,10 @@ def naive_reduce(teacher, margin, guided, sc, k, pick, pick_margin):
 
 
 def largest_magnitude(values):
+    """The value of largest |v|; on an exact tie between +a and -a, +a."""
     best = values[0]
     for v in values[1:]:
-        if abs(v) > abs(best):
+        if abs(v) > abs(best) or (abs(v) == abs(best) and v > best):
             best = v
     return best
 
@@ -110,6 +111,12 @@ def test_amp_keeps_the_sign_of_the_largest_magnitude():
     assert t.item() == -3.0 and m.item() == pytest.approx(-2.5)
     t, m = mgd.reduce_teacher(teacher, torch.tensor([-1.0, -2.0, -3.0, -4.0]), torch.tensor([0, 1, 2, 3]), 1, "sp")
     assert t.item() == 2.0 and m.item() == -1.0
+
+
+def test_amp_tie_between_opposite_signs_takes_the_positive_value():
+    teacher = torch.tensor([-2.0, 2.0, 0.0, 0.0]).view(1, 4, 1, 1)
+    t, _ = mgd.reduce_teacher(teacher, torch.zeros(4), torch.tensor([0, 2, 1, 3]), 2, "amp")
+    assert t.flatten().tolist() == [2.0, 0.0]
 
 
 def test_refusals():
