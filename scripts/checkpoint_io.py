@@ -171,6 +171,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     """
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+        if module == "__builtin__":  # Python 2 name (also written by protocol < 3 pickles)
+            module = "builtins"
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -252,7 +254,7 @@ def _torch_load(path: Path, what: str) -> Any:
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (RuntimeError, UnpicklingError, ...)
         text = str(exc)
-        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        match = re.search(r"GLOBAL ([\w.]+)", text)
         if match is None:
             match = re.search(r"but got <class '([\w.]+)'>", text)
         if match is not None:

@@ -117,6 +117,7 @@ class Shape:
     rgb: np.ndarray      # base colour, float32 [3] in 0..255
     label: Optional[int]  # category id, None for a distractor
     params: Dict[str, float]
+    full_area: int = 0   # pixels of the whole shape (before occlusion and image borders)
 
     def extent(self) -> float:
         """Radius of a circle around (cx, cy) that contains the whole shape."""
@@ -257,8 +258,12 @@ def _grid(n: int):
     return _GRIDS[n]
 
 
-def generate_image(rng: np.random.Generator, cfg: SynthConfig):
-    """Returns (uint8 image HxWx3, list of annotations dicts without ids)."""
+def generate_image(rng: np.random.Generator, cfg: SynthConfig, return_layers: bool = False):
+    """Returns (uint8 image HxWx3, list of annotation dicts without ids).
+
+    With ``return_layers`` also the owner map (index of the top shape per pixel, -1 for
+    background) and the list of placed shapes (bottom to top), for checks.
+    """
     n = cfg.size
     ys, xs = _grid(n)
     img = _background(rng, n)
@@ -294,6 +299,7 @@ def generate_image(rng: np.random.Generator, cfg: SynthConfig):
             if not ok:
                 continue
             idx = len(placed)
+            shape.full_area = full
             owner[sl][mask] = idx
             visible[:] = list(new_vis)
             visible.append(own)
@@ -345,6 +351,8 @@ def generate_image(rng: np.random.Generator, cfg: SynthConfig):
             "iscrowd": 0,
             "visible_fraction": round(rows.size / full, 4),
         })
+    if return_layers:
+        return img, anns, owner, [p[0] for p in placed]
     return img, anns
 
 

@@ -119,8 +119,9 @@ def write_pickle(path, obj, protocol=4):
 
 def run_script(name, *args, cwd=None, timeout=120):
     """Run ``scripts/<name>`` with this interpreter; returns the CompletedProcess."""
-    cmd = [sys.executable, str(SCRIPTS / name), *map(str, args)]
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    launcher = ["bash"] if name.endswith(".sh") else [sys.executable]
+    cmd = [*launcher, str(SCRIPTS / name), *map(str, args)]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHON=sys.executable)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env=env)
 
@@ -162,3 +163,44 @@ def test_converted_student_matches_detectron2_backbone_names(depth):
     extra = {k for k in converted - d2 if not k.endswith("num_batches_tracked")}
     assert extra == {"stem.fc.weight", "stem.fc.bias"}
     assert d2 <= converted
+
+
+# ---- hostile inputs -----------------------------------------------------------------------
+
+class SystemPayload:
+    """Unpickling this runs ``os.system(command)`` (with an unrestricted unpickler)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+class OpenPayload:
+    """Unpickling this runs ``open(path, "w")``, creating the file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def malicious_checkpoint(marker, kind="system"):
+    """A Detectron2-looking checkpoint whose unpickling would create ``marker``."""
+    payload = SystemPayload(f"touch {marker}") if kind == "system" else OpenPayload(marker)
+    model = converted_student(18)["model"]
+    model["res2.0.conv1.weight"] = payload
+    return {"model": model, "__author__": "torchvision", "matching_heuristics": True}
+
+
+def test_payloads_really_are_dangerous(tmp_path):
+    # Guard for the refusal tests: an ordinary pickle.loads of the payload creates the file.
+    for kind in ("system", "open"):
+        marker = tmp_path / f"pwned-{kind}"
+        data = pickle.dumps(malicious_checkpoint(marker, kind), protocol=4)
+        obj = pickle.loads(data)  # noqa: S301 - deliberately unsafe, on our own payload
+        if hasattr(obj["model"]["res2.0.conv1.weight"], "close"):
+            obj["model"]["res2.0.conv1.weight"].close()
+        assert marker.exists()
