@@ -17,14 +17,16 @@ whose message is a single line saying what is wrong and how to fix it. Outputs a
 to a temporary file in the destination folder and renamed into place, so a failure never
 leaves a partial output behind.
 
-This module needs only the standard library and numpy; torch is imported lazily, and only
-when a torch file or torch tensors are actually met. It does not need Detectron2.
+This module needs only the standard library and numpy, and imports numpy (and torch) only
+when they are needed, so a refusal on a bad path or argument is immediate. torch is needed
+only when a torch file or torch tensors are actually met. It does not need Detectron2.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import io
 import os
 import pickle
@@ -35,7 +37,6 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 
 __all__ = [
     "CheckpointError",
@@ -101,22 +102,6 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 # Restricted unpickling
 # --------------------------------------------------------------------------------------
 
-_NP_RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct
-_NP_SCALAR = np.float32(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
-_NP_FROMBUFFER = np.arange(1).__reduce_ex__(5)[0]  # numpy.(_)core.numeric._frombuffer
-
-
-def _safe_reconstruct(subtype, shape, dtype):
-    # Only plain ndarrays: a subclass could bring its own __setstate__/__array_finalize__.
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError("only numpy.ndarray may be reconstructed")
-    return _NP_RECONSTRUCT(np.ndarray, shape, dtype)
-
-
-def _safe_frombuffer(buf, dtype, shape, order):
-    return _NP_FROMBUFFER(buf, dtype, shape, order)
-
-
 def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
     # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
     if str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
@@ -142,16 +127,33 @@ _ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = {
     ("builtins", "bool"): bool,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("_codecs", "encode"): _safe_codecs_encode,
-    # numpy arrays, dtypes and scalars (numpy 1.x and 2.x module names)
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
-    ("numpy.core.multiarray", "scalar"): _NP_SCALAR,
-    ("numpy._core.multiarray", "scalar"): _NP_SCALAR,
-    ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
 }
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_globals() -> Dict[Tuple[str, str], Any]:
+    """numpy arrays, dtypes and scalars (numpy 1.x and 2.x module names), built on first use."""
+    import numpy as np
+
+    reconstruct = np.ndarray((0,)).__reduce__()[0]   # numpy.(_)core.multiarray._reconstruct
+    scalar = np.float32(0).__reduce__()[0]           # numpy.(_)core.multiarray.scalar
+    frombuffer = np.arange(1).__reduce_ex__(5)[0]    # numpy.(_)core.numeric._frombuffer
+
+    def safe_reconstruct(subtype, shape, dtype):
+        # Only plain ndarrays: a subclass could bring its own __setstate__/__array_finalize__.
+        if subtype is not np.ndarray:
+            raise pickle.UnpicklingError("only numpy.ndarray may be reconstructed")
+        return reconstruct(np.ndarray, shape, dtype)
+
+    def safe_frombuffer(buf, dtype, shape, order):
+        return frombuffer(buf, dtype, shape, order)
+
+    table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):
+        table[(core + ".multiarray", "_reconstruct")] = safe_reconstruct
+        table[(core + ".multiarray", "scalar")] = scalar
+        table[(core + ".numeric", "_frombuffer")] = safe_frombuffer
+    return table
 
 
 class DisallowedGlobal(pickle.UnpicklingError):
@@ -173,10 +175,12 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
         if module == "__builtin__":  # Python 2 name (also written by protocol < 3 pickles)
             module = "builtins"
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise DisallowedGlobal(module, name) from None
+        found = _ALLOWED_GLOBALS.get((module, name))
+        if found is None and module.split(".", 1)[0] == "numpy":
+            found = _numpy_globals().get((module, name))
+        if found is None:
+            raise DisallowedGlobal(module, name)
+        return found
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("persistent ids (torch storages) are not allowed in a pickle")
@@ -189,7 +193,10 @@ def restricted_loads(data: bytes) -> Any:
 
 def _numpy_safe_globals() -> list:
     """numpy globals to allowlist for torch.load(weights_only=True)."""
-    items = [_NP_RECONSTRUCT, _NP_SCALAR, np.ndarray, np.dtype]
+    import numpy as np
+
+    items = [np.ndarray((0,)).__reduce__()[0], np.float32(0).__reduce__()[0],
+             np.ndarray, np.dtype]
     dtypes_mod = getattr(np, "dtypes", None)
     if dtypes_mod is not None:
         for kind in ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32",
@@ -209,7 +216,9 @@ def _numpy_safe_globals() -> list:
 def _check_input_file(path: Path, what: str) -> None:
     if not path.exists():
         hint = ""
-        if not path.parent.exists():
+        if path.parent.is_file():
+            hint = f" ({str(path.parent)!r} is a file, not a folder)"
+        elif not path.parent.exists():
             hint = f" (folder {str(path.parent)!r} does not exist either)"
         raise CheckpointError(f"{what} {str(path)!r} not found{hint}; check the path")
     if path.is_dir():
@@ -308,8 +317,10 @@ def _is_tensor(value) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
-def to_numpy(value) -> np.ndarray:
+def to_numpy(value) -> "np.ndarray":
     """A numpy array from a numpy array/scalar or a torch tensor (bfloat16 -> float32)."""
+    import numpy as np
+
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, np.generic):
@@ -330,6 +341,8 @@ def extract_state_dict(obj: Any, path, what: str = "checkpoint") -> Dict[str, An
     Accepts Detectron2/fvcore checkpoints ``{"model": {...}, ...}`` (torch or pickle),
     ``{"state_dict": {...}}``, and bare state dicts. Values must be arrays or tensors.
     """
+    import numpy as np
+
     path = str(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} {path!r} holds a {type(obj).__name__}, not a dict of "
@@ -586,9 +599,9 @@ def validate_student(sd: Mapping[str, Any], path, depth: Optional[int] = None) -
 
 
 def merge_teacher_student(teacher: Mapping[str, Any], student: Mapping[str, Any]
-                          ) -> Dict[str, np.ndarray]:
+                          ) -> Dict[str, "np.ndarray"]:
     """``t_net.<teacher key>`` and ``s_net.backbone.bottom_up.<student key>``, as numpy."""
-    merged: Dict[str, np.ndarray] = {}
+    merged: Dict[str, Any] = {}
     for key, value in teacher.items():
         merged[TEACHER_PREFIX + key] = to_numpy(value)
     for key, value in student.items():
@@ -597,7 +610,7 @@ def merge_teacher_student(teacher: Mapping[str, Any], student: Mapping[str, Any]
 
 
 def split_distilled(sd: Mapping[str, Any], path="checkpoint", eval_teacher: bool = False
-                    ) -> Tuple[Dict[str, np.ndarray], Dict[str, int]]:
+                    ) -> Tuple[Dict[str, "np.ndarray"], Dict[str, int]]:
     """Keep ``s_net.*`` (or ``t_net.*``) keys without the prefix, values as numpy.
 
     Returns (kept, dropped counts by group).
