@@ -26,7 +26,10 @@ import sys
 ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-if importlib.util.find_spec("detectron2") is None and os.path.isdir(os.path.join(ROOT, "detectron2", "detectron2")):
+# Detectron2 not installed: use the checkout in ./detectron2 (without this, the checkout
+# folder itself would be found as an empty namespace package "detectron2").
+_spec = importlib.util.find_spec("detectron2")
+if (_spec is None or _spec.origin is None) and os.path.isdir(os.path.join(ROOT, "detectron2", "detectron2")):
     sys.path.insert(0, os.path.join(ROOT, "detectron2"))
 
 import torch  # noqa: E402
@@ -45,7 +48,7 @@ except ImportError as error:
 
 import detectron2.utils.comm as comm  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog, build_detection_train_loader  # noqa: E402
+from detectron2.data import build_detection_train_loader  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -60,9 +63,9 @@ DEFAULT_SYNTH_ROOT = os.path.join("datasets", "mgd_synth")
 def register_datasets(cfg):
     """Register the synthetic demo set when the config names it (root: $MGD_SYNTH_ROOT)."""
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    if not any(n.startswith(SYNTH_PREFIX) for n in names) or any(n in DatasetCatalog.list() for n in names):
+    if not any(n.startswith(SYNTH_PREFIX) for n in names):
         return
-    from scripts.synthetic_coco import register_synthetic_coco
+    from scripts.synthetic_dataset import register_synthetic_coco
 
     register_synthetic_coco(os.environ.get(SYNTH_ROOT_ENV, DEFAULT_SYNTH_ROOT))
 

@@ -1,0 +1,104 @@
+"""Shared helpers of the Detectron2-side MGD tests (no tests here).
+
+Configs are copied with Detectron2's Base-RetinaNet.yaml into a temporary
+``configs/COCO-Detection/`` so their ``_BASE_: "../Base-RetinaNet.yaml"`` resolves exactly
+as in the checkout, without depending on `make overlay` having copied the latest yaml.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKOUT = REPO / "detectron2"
+SYNTH_SIZE = 64
+
+# small images and schedules for tests (c5 left out where not needed: solving its 512 x 2048
+# tiled assignment takes seconds on CPU)
+TINY_INPUT = [
+    "INPUT.MIN_SIZE_TRAIN", f"({SYNTH_SIZE},)", "INPUT.MAX_SIZE_TRAIN", str(SYNTH_SIZE),
+    "INPUT.MIN_SIZE_TEST", str(SYNTH_SIZE), "INPUT.MAX_SIZE_TEST", str(SYNTH_SIZE),
+]
+
+
+def config_dir(tmp_root: Path) -> Path:
+    """tmp_root/configs/COCO-Detection holding this repo's configs, with Base-RetinaNet.yaml above."""
+    target = Path(tmp_root) / "configs" / "COCO-Detection"
+    if not target.exists():
+        target.mkdir(parents=True)
+        shutil.copy(CHECKOUT / "configs" / "Base-RetinaNet.yaml", target.parent)
+        for yaml in (REPO / "configs").glob("*.yaml"):
+            shutil.copy(yaml, target)
+    return target
+
+
+def load_cfg(tmp_root, name, opts=()):
+    from detectron2.config import get_cfg
+
+    from mgd.config import add_mgd_config
+
+    cfg = get_cfg()
+    add_mgd_config(cfg)
+    cfg.merge_from_file(str(config_dir(tmp_root) / name))
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def import_overlay():
+    """Import the overlay modules from their copies in the checkout (registers them once)."""
+    import detectron2.engine.mgd_hooks  # noqa: F401
+    import detectron2.engine.mgd_trainer  # noqa: F401
+    import detectron2.modeling.backbone.mgd_resnet  # noqa: F401
+    import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401
+
+
+def synthetic_batch(n=2, size=SYNTH_SIZE, seed=0, num_classes=4):
+    """Detectron2 training inputs: random images with 1-3 random boxes each."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(n):
+        k = int(torch.randint(1, 4, (1,), generator=g))
+        xy = torch.rand(k, 2, generator=g) * size * 0.6
+        wh = 6 + torch.rand(k, 2, generator=g) * size * 0.35
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1))
+        inst.gt_classes = torch.randint(0, num_classes, (k,), generator=g)
+        image = torch.rand(3, size, size, generator=g) * 255
+        batch.append({"image": image, "instances": inst, "height": size, "width": size})
+    return batch
+
+
+def make_synthetic_dataset(root: Path, train=16, val=8, size=SYNTH_SIZE) -> Path:
+    """The project's synthetic COCO set, small (scripts/synthetic_coco.py)."""
+    root = Path(root)
+    if not (root / "annotations" / "instances_val.json").exists():
+        sys.path.insert(0, str(REPO / "scripts"))
+        try:
+            from synthetic_coco import SynthConfig, write_dataset
+        finally:
+            sys.path.remove(str(REPO / "scripts"))
+        write_dataset(root, SynthConfig(num_train=train, num_val=val, size=size,
+                                        min_object=8.0, max_object=size / 2))
+    return root
+
+
+def run_train_net(args, synth_root, timeout=600, check=True):
+    """Run train_net.py in a subprocess; returns CompletedProcess (stdout+stderr in .stdout)."""
+    env = dict(os.environ)
+    env["MGD_SYNTH_ROOT"] = str(synth_root)
+    env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT), str(REPO)])
+    env.setdefault("OMP_NUM_THREADS", "2")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train_net.py"), *map(str, args)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train_net.py {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             + proc.stdout[-6000:])
+    return proc
