@@ -120,7 +120,7 @@ distill: overlay ## distil the student from the teacher with MGD, starting from 
 
 .PHONY: convert-all
 convert-all: ## split the student (EVAL_TEACHER=1: teacher) out of every MGD_OUTPUT/*.pth into a .pkl
-	bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
+	PYTHON=$(PYTHON) bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
 
 .PHONY: eval
 eval: overlay ## COCO evaluation of EVAL_WEIGHTS (the split student; EVAL_TEACHER=1 for the teacher)

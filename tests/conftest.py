@@ -18,10 +18,15 @@ OVERLAY_DIRS = ("modeling/backbone", "modeling/meta_arch", "engine")
 
 def _detectron2_unavailable_reason() -> str:
     """Empty string when the pinned Detectron2 can be imported, else why not (one line)."""
-    if importlib.util.find_spec("detectron2") is None:
-        if not list((CHECKOUT / "detectron2").glob("_C*.so")):
+    # The repository root is on sys.path, where `detectron2/` (the checkout) would otherwise be
+    # imported as an empty namespace package: put the checkout itself first when it is built.
+    if list((CHECKOUT / "detectron2").glob("_C*.so")):
+        if str(CHECKOUT) not in sys.path:
+            sys.path.insert(0, str(CHECKOUT))
+    else:
+        spec = importlib.util.find_spec("detectron2")
+        if spec is None or spec.origin is None:  # absent, or only the empty checkout folder
             return "pinned Detectron2 not built here (run `make detectron2`)"
-        sys.path.insert(0, str(CHECKOUT))
     try:
         import detectron2._C  # noqa: F401  (the compiled ops prove the build finished)
     except ImportError as error:
