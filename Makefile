@@ -25,9 +25,12 @@ MERGED            ?= $(WEIGHTS_DIR)/T50-S18.pkl
 MGD_OUTPUT        ?= $(OUTPUT_DIR)/mgd
 EVAL_TEACHER      ?=
 EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final.pkl
+EVAL_OUTPUT       ?= $(MGD_OUTPUT)/eval$(if $(EVAL_TEACHER),-teacher)
+DEMO_DIR          ?= output/demo
 USER_VARIABLES := PYTHON DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS OUTPUT_DIR \
                   WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
-                  EVAL_TEACHER EVAL_WEIGHTS BASE_CONFIG MGD_CONFIG PYTEST_ARGS
+                  EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT BASE_CONFIG MGD_CONFIG \
+                  DEMO_DIR PYTEST_ARGS
 
 # Make the in-place Detectron2 build and this repository importable for every command below.
 export PYTHONPATH := $(CURDIR)/$(DETECTRON2_DIR):$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -38,6 +41,7 @@ D2_BUILT    = $(wildcard $(D2_PACKAGE)/_C*.so)
 # Configs are used from their copies inside the checkout (their _BASE_ is ../Base-RetinaNet.yaml).
 BASE_CONFIG       ?= $(D2_CONFIGS)/retinanet_torchvision_R_$(DEPTH)_FPN_1x.yaml
 MGD_CONFIG        ?= $(D2_CONFIGS)/mgd_retinanet_R50_R18_FPN_1x.yaml
+EVAL_CONFIG       ?= $(MGD_CONFIG)
 
 .PHONY: help
 help: ## list the targets and the variables
@@ -123,7 +127,29 @@ convert-all: ## split the student (EVAL_TEACHER=1: teacher) out of every MGD_OUT
 	PYTHON=$(PYTHON) bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
 
 .PHONY: eval
-eval: overlay ## COCO evaluation of EVAL_WEIGHTS (the split student; EVAL_TEACHER=1 for the teacher)
-	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) --config-file $(MGD_CONFIG) \
-	    $(if $(EVAL_TEACHER),--eval-teacher) MODEL.WEIGHTS $(EVAL_WEIGHTS) \
-	    OUTPUT_DIR $(MGD_OUTPUT)/eval$(if $(EVAL_TEACHER),-teacher) $(OPTS)
+eval: overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG (the student; EVAL_TEACHER=1 the teacher)
+	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) --config-file $(EVAL_CONFIG) \
+	    $(if $(EVAL_TEACHER),--eval-teacher) MODEL.WEIGHTS $(EVAL_WEIGHTS) OUTPUT_DIR $(EVAL_OUTPUT) $(OPTS)
+
+# ---------------------------------------------------------------- demo, plots, benchmarks
+
+.PHONY: demo
+demo: overlay ## the whole chain on CPU on a synthetic COCO set, no download; ends with an AP table and plots
+	DEMO_DIR=$(DEMO_DIR) PYTHON=$(PYTHON) MAKE=$(MAKE) D2_CONFIGS=$(D2_CONFIGS) bash scripts/run_demo.sh
+
+.PHONY: demo-clean
+demo-clean: ## delete the demo's outputs (DEMO_DIR) so the next `make demo` redoes every step
+	rm -rf $(DEMO_DIR)
+
+.PHONY: plots
+plots: ## PNG plots (losses, matching cost per position, AP) of the demo runs in DEMO_DIR
+	$(PYTHON) scripts/plot_runs.py --runs teacher=$(DEMO_DIR)/base-R50 student=$(DEMO_DIR)/base-R18 \
+	    mgd=$(DEMO_DIR)/mgd --ap-table $(DEMO_DIR)/results.json --out $(DEMO_DIR)/plots
+
+.PHONY: bench-core
+bench-core: ## time the MGD core (matching update, loss + AMP) vs the original's solver approach
+	$(PYTHON) benchmarks/bench_core.py
+
+.PHONY: bench
+bench: bench-core ## all benchmarks: the core, then the MGD training step vs its floor and the double pass
+	$(PYTHON) benchmarks/bench_step.py
