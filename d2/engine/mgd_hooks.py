@@ -8,6 +8,7 @@ number of ``UPDATE_SLOW_STEP`` entries <= iteration. Defaults for a 90k run: 0, 
 """
 import bisect
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import List, Sequence
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 
-__all__ = ["matching_update_due", "matching_schedule", "MGDMatchingHook", "unwrap_model"]
+__all__ = ["matching_update_due", "matching_schedule", "MGDMatchingHook", "unwrap_model", "assignment_digest"]
 
 logger = logging.getLogger("detectron2.mgd")
 
@@ -58,6 +59,16 @@ def matching_schedule(
 def unwrap_model(model):
     """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return getattr(model, "module", model)
+
+
+def assignment_digest(distiller) -> str:
+    """A short hash of all current assignments (equal on every rank after a matching)."""
+    h = hashlib.sha1()
+    for name, buf in sorted(distiller.named_buffers()):
+        if name.startswith("assignment_") and buf is not None:
+            h.update(name.encode())
+            h.update(buf.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _format_seconds(seconds: float) -> str:
@@ -125,11 +136,14 @@ class MGDMatchingHook(HookBase):
             storage.put_scalar(f"mgd/cost_{name}", cost, smoothing_hint=False)
         storage.put_scalar("mgd/matching_iter", iteration, smoothing_hint=False)
         storage.put_scalar("mgd/matching_seconds", seconds, smoothing_hint=False)
-        record = {"iteration": iteration, "costs": costs, "images": images, "seconds": round(seconds, 3)}
+        digest = assignment_digest(model.distiller)
+        record = {"iteration": iteration, "costs": costs, "images": images, "seconds": round(seconds, 3),
+                  "assignment_digest": digest}
         self.history.append(record)
         logger.info(
-            f"MGD matching at iteration {iteration} done in {seconds:.1f}s over {images} images; "
-            "mean matched cost: " + ", ".join(f"{k} {v:.4f}" for k, v in costs.items())
+            f"MGD matching at iteration {iteration} done in {seconds:.1f}s over {images} images "
+            f"(rank {comm.get_rank()}, assignment digest {digest}); mean matched cost: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in costs.items())
         )
         if comm.is_main_process() and self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
