@@ -8,7 +8,8 @@ Times, with synthetic correlated features at the c2..c5 map sizes of an ~800 x 1
     tiled cost into OR-Tools' linear sum assignment (only when `ortools` is installed:
     pip install -r requirements-bench.txt);
   * one training step of the MGD loss with AMP reduction (forward + backward).
-Figures are medians over --repeats runs after one warm-up run.
+Figures are medians over --repeats runs after one warm-up run (the original's solver: one run
+per position, as it takes seconds). On a shared machine, check the printed load average.
 """
 import argparse
 import os
@@ -44,8 +45,8 @@ def synthetic_features(batch: int, device: torch.device, seed: int = 0):
         for _ in range(3):
             mix[torch.arange(tc), torch.randint(sc, (tc,), generator=g)] += torch.randn(tc, generator=g)
         t = torch.einsum("ts,nshw->nthw", mix, s) + torch.randn(batch, tc, h, w, generator=g)
-        student.append(s.to(device))
-        teacher.append(t.to(device))
+        student.append(s.to(device).contiguous())  # as a conv layer's output is
+        teacher.append(t.to(device).contiguous())
     return student, teacher
 
 
@@ -126,7 +127,8 @@ def run(batch: int, repeats: int, device: torch.device) -> int:
     distiller.update_margins([None] * 9)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-          f"{os.cpu_count()} CPUs; batch {batch} at {INPUT_HW[0]}x{INPUT_HW[1]} input; median of {repeats}")
+          f"{os.cpu_count()} CPUs; batch {batch} at {INPUT_HW[0]}x{INPUT_HW[1]} input; median of {repeats} "
+          f"(original: 1 run); load average at start {os.getloadavg()[0]:.2f}")
     for name, s, t in zip(("c2", "c3", "c4", "c5"), student, teacher):
         print(f"  {name}: student {list(s.shape)}  teacher {list(t.shape)}")
 

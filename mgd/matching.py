@@ -105,9 +105,11 @@ def _solve_tiled(cost: np.ndarray, k: int) -> np.ndarray:
     """Tiled matching: [sc, tc] -> [k * sc], entry i * sc + j = i-th teacher of student j."""
     sc = cost.shape[0]
     used = cost[:, : k * sc]  # shave: drop the last tc % sc teacher columns
-    tiled = np.tile(used, (k, 1))  # [k * sc, k * sc], row i * sc + j = student j, copy i
-    # Same problem, solved from the teachers' side: scipy is ~2x faster on the transpose here.
-    teachers, rows = linear_sum_assignment(tiled.T)
+    # The tiled cost is np.tile(used, (k, 1)): row i * sc + j = student j, copy i. We build its
+    # transpose directly (teachers x student copies): the same problem, on which scipy is up
+    # to ~2x faster for these shapes.
+    tiled_t = np.tile(used.T, (1, k))  # [k * sc, k * sc], C-contiguous
+    teachers, rows = linear_sum_assignment(tiled_t)
     student_of_teacher = rows % sc
     order = np.lexsort((teachers, student_of_teacher))  # by student, then teacher index
     per_student = teachers[order].reshape(sc, k)  # [sc, k], ascending teacher indices

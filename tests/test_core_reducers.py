@@ -129,3 +129,15 @@ def test_refusals():
         mgd.reduce_teacher(teacher, margin, guided[:7], 2, "amp")
     with pytest.raises(ValueError, match="margin"):
         mgd.reduce_teacher(teacher, margin[:5], guided, 2, "amp")
+
+
+@pytest.mark.parametrize("method", ["amp", "sp", "sm"])
+def test_non_contiguous_teacher_gives_the_same_result(method):
+    teacher, margin, guided, _ = make_case(2, 3, 12, 4, 5)
+    if method == "sm":
+        guided = guided[:3]
+    channels_last = teacher.to(memory_format=torch.channels_last)
+    assert not channels_last.is_contiguous()
+    expected = mgd.reduce_teacher(teacher, margin, guided, 3, method)
+    got = mgd.reduce_teacher(channels_last, margin, guided, 3, method)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
