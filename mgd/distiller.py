@@ -97,7 +97,8 @@ class MGDDistiller(nn.Module):
         if not self.distilled_positions:
             raise ValueError("every position is in ignore_inds: nothing to distil")
         for i in self.distilled_positions:
-            name, sc, tc, factor = self._name(i), self.student_channels[i], self.teacher_channels[i], self.loss_factors[i]
+            name, sc, tc = self._name(i), self.student_channels[i], self.teacher_channels[i]
+            factor = self.loss_factors[i]
             if not factor > 0 or factor == float("inf"):
                 raise ValueError(f"loss factor of distilled position {name} must be finite and > 0, got {factor}")
             if tc < sc:
@@ -238,12 +239,14 @@ class MGDDistiller(nn.Module):
             name = self._name(i)
             if s is None or t is None:
                 raise ValueError(f"position {name} is distilled but a feature is None")
-            if s.dim() != 4 or s.shape[1] != self.student_channels[i]:
-                raise ValueError(f"position {name}: student feature {tuple(s.shape)}, expected [N, {self.student_channels[i]}, H, W]")
-            if t.dim() != 4 or t.shape[1] != self.teacher_channels[i]:
-                raise ValueError(f"position {name}: teacher feature {tuple(t.shape)}, expected [N, {self.teacher_channels[i]}, H, W]")
+            for who, feat, channels in (("student", s, self.student_channels[i]),
+                                        ("teacher", t, self.teacher_channels[i])):
+                if feat.dim() != 4 or feat.shape[1] != channels:
+                    raise ValueError(
+                        f"position {name}: {who} feature {tuple(feat.shape)}, expected [N, {channels}, H, W]")
             if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
-                raise ValueError(f"position {name}: student {tuple(s.shape)} and teacher {tuple(t.shape)} differ in N, H or W")
+                raise ValueError(
+                    f"position {name}: student {tuple(s.shape)} and teacher {tuple(t.shape)} differ in N, H or W")
             pairs[i] = (s, t)
         return pairs
 

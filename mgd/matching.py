@@ -7,7 +7,6 @@ stacked tc // sc times ("tiled"); the sparse variant (SM) matches one teacher ch
 """
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 

@@ -7,7 +7,8 @@ import mgd
 
 
 def test_import_does_not_touch_detectron2():
-    code = "import sys, mgd; bad = [m for m in sys.modules if m.split('.')[0] in ('detectron2', 'ortools')]; assert not bad, bad"
+    code = ("import sys, mgd; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('detectron2', 'ortools')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -29,7 +29,9 @@ def naive_reduce(teacher, margin, guided, sc, k, pick, pick_margin):
             for y in range(h):
                 for x in range(w):
                     out[a, j, y, x] = pick(matched_values(teacher, guided, sc, k, a, j, y, x))
-    m = torch.tensor([pick_margin([margin[guided[i * sc + j]].item() for i in range(k)]) for j in range(sc)], dtype=teacher.dtype)
+    m = torch.tensor(
+        [pick_margin([margin[guided[i * sc + j]].item() for i in range(k)]) for j in range(sc)], dtype=teacher.dtype
+    )
     return out, m.view(1, sc, 1, 1)
 
 
