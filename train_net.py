@@ -139,6 +139,14 @@ def probe_loss_factors(cfg, args):
     return {"losses": {k: v / args.probe_iters for k, v in sums.items()}, "suggested": suggested}
 
 
+def save_results(results, path):
+    """Write the evaluation results ({dataset task: {metric: value}}) as JSON, atomically."""
+    partial = path + ".part"
+    with open(partial, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(partial, path)
+
+
 def main(args):
     cfg = setup(args)
     if args.probe_loss_factors:
@@ -151,6 +159,7 @@ def main(args):
         res = MGDTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
+            save_results(res, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"))
         return res
     trainer = MGDTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
