@@ -1,0 +1,251 @@
+#!/usr/bin/env python
+"""MGD training step and matching pass: time and peak memory against their floors.
+
+Variants, measured side by side in one run (repetitions interleaved; medians reported):
+
+* ``mgd``    - this project's step: one student training forward that also yields the taps,
+               the teacher's bottom-up only under no_grad, loss, backward, SGD step;
+* ``floor``  - what any implementation must do: the student-only training step (forward,
+               backward, SGD step) plus the teacher's bottom-up forward under no_grad;
+* ``double`` - the original's way: student full forward then its backbone again, teacher
+               full inference (NMS included, result dropped) then its backbone again, loss,
+               backward, SGD step.
+
+Matching pass (per batch, eval mode, no grad): ``match`` (this project's
+``accumulate_matching``) vs ``match_floor`` (the two bottom-up forwards only) vs
+``match_orig`` (teacher full inference + both backbones, as the original ran it).
+
+Peak memory: each variant runs in its own fresh process; the figure is that process's peak
+resident set (VmHWM) during one step minus its resident set before it (after a warm-up step).
+
+    PYTHONPATH=detectron2:. python benchmarks/bench_step.py [--size 320] [--batch 2] [--reps 7]
+"""
+import argparse
+import copy
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(ROOT, "detectron2"), ROOT]
+
+import torch  # noqa: E402
+
+import detectron2.modeling.backbone.mgd_resnet  # noqa: F401,E402
+import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401,E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from mgd.config import add_mgd_config  # noqa: E402
+
+CONFIG = os.path.join(ROOT, "detectron2", "configs", "COCO-Detection", "mgd_retinanet_R50_R18_FPN_1x.yaml")
+
+
+def build(device):
+    cfg = get_cfg()
+    add_mgd_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.MODEL.DEVICE = device
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    d = model.distiller
+    model.update_margins()
+    g = torch.Generator().manual_seed(0)  # a matching from random features: cheap to solve
+    d.reset_matching()
+    d.accumulate_matching(
+        [torch.randn(2, c, 4, 4, generator=g).to(device) if i in d.distilled_positions else None
+         for i, c in enumerate(d.student_channels)],
+        [torch.randn(2, c, 4, 4, generator=g).to(device) if i in d.distilled_positions else None
+         for i, c in enumerate(d.teacher_channels)])
+    d.finish_matching()
+    return model
+
+
+def make_batch(n, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(n):
+        inst = Instances((size, size))
+        xy = torch.rand(4, 2, generator=g) * size * 0.6
+        inst.gt_boxes = Boxes(torch.cat([xy, xy + 16 + torch.rand(4, 2, generator=g) * size * 0.3], 1))
+        inst.gt_classes = torch.randint(0, 80, (4,), generator=g)
+        batch.append({"image": torch.rand(3, size, size, generator=g) * 255, "instances": inst,
+                      "height": size, "width": size})
+    return batch
+
+
+def _backbone_taps_original(net, images, keys):
+    """The original's second backbone pass (bottom-up with taps)."""
+    bu = net.backbone.bottom_up
+    bu.expose_taps = True
+    try:
+        out = bu(images)
+    finally:
+        bu.expose_taps = False
+    return {k: out[k] for k in keys}
+
+
+def step_mgd(model, opt, batch):
+    losses = model(batch)
+    opt.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    opt.step()
+
+
+def step_floor(model, opt, batch):
+    losses = model.s_net(batch)
+    with torch.no_grad():
+        model.t_net.backbone.bottom_up(model.t_net.preprocess_image(batch).tensor)
+    opt.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    opt.step()
+
+
+def step_double(model, opt, batch):
+    keys = model._wanted
+    losses = model.s_net(batch)
+    s_taps = _backbone_taps_original(model.s_net, model.s_net.preprocess_image(batch).tensor, keys)
+    with torch.no_grad():
+        model.t_net(batch)  # full inference, dropped
+        t_taps = _backbone_taps_original(model.t_net, model.t_net.preprocess_image(batch).tensor, keys)
+    per = model.distiller(model._position_list(s_taps), model._position_list(t_taps))
+    losses["loss_distill"] = sum(per.values()) / model.ims_per_batch
+    opt.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    opt.step()
+
+
+@torch.no_grad()
+def match_mgd(model, opt, batch):
+    model.accumulate_matching(batch)
+
+
+@torch.no_grad()
+def match_floor(model, opt, batch):
+    model.s_net.backbone.bottom_up(model.s_net.preprocess_image(batch).tensor)
+    model.t_net.backbone.bottom_up(model.t_net.preprocess_image(batch).tensor)
+
+
+@torch.no_grad()
+def match_orig(model, opt, batch):
+    model.t_net(batch)  # the original ran the teacher's whole inference per tracking batch
+    keys = model._wanted
+    s = _backbone_taps_original(model.s_net, model.s_net.preprocess_image(batch).tensor, keys)
+    t = _backbone_taps_original(model.t_net, model.t_net.preprocess_image(batch).tensor, keys)
+    model.distiller.accumulate_matching(model._position_list(s), model._position_list(t))
+
+
+STEPS = {"mgd": step_mgd, "floor": step_floor, "double": step_double}
+MATCHES = {"match": match_mgd, "match_floor": match_floor, "match_orig": match_orig}
+
+
+def _mode(model, name):
+    if name in MATCHES:
+        model.eval()
+    else:
+        model.train()
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _measure_peak(name, args):
+    """In a fresh process: build, one warm-up step, then the peak RSS growth of one step."""
+    model = build(args.device)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
+    batch = make_batch(args.batch, args.size)
+    fn = {**STEPS, **MATCHES}[name]
+    _mode(model, name)
+    with EventStorage():
+        fn(model, opt, copy.deepcopy(batch))
+        data = copy.deepcopy(batch)
+        before = _rss_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
+            f.write("5")
+        fn(model, opt, data)
+        print(f"PEAK_MIB {(_rss_kib('VmHWM') - before) / 1024.0:.1f}")
+
+
+def peak_memory_mib(name, args):
+    """Peak memory of one variant, measured in its own process (fork after OpenMP hangs)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--peak-of", name, "--size", str(args.size),
+           "--batch", str(args.batch), "--device", args.device]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True).stdout
+    return float(out.split("PEAK_MIB")[-1].split()[0])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--peak-of", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.peak_of:
+        return _measure_peak(args.peak_of, args)
+
+    model = build(args.device)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
+    batch = make_batch(args.batch, args.size)
+    names = list(STEPS) + list(MATCHES)
+    times = {n: [] for n in names}
+    with EventStorage():
+        for name in names:  # warm-up (TorchScript, allocator)
+            _mode(model, name)
+            STEPS.get(name, MATCHES.get(name))(model, opt, copy.deepcopy(batch))
+        for _ in range(args.reps):
+            for name in names:
+                _mode(model, name)
+                data = copy.deepcopy(batch)
+                _sync(args.device)
+                start = time.perf_counter()
+                STEPS.get(name, MATCHES.get(name))(model, opt, data)
+                _sync(args.device)
+                times[name].append(time.perf_counter() - start)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    mem = {}
+    if not args.no_memory and args.device == "cpu" and sys.platform.startswith("linux"):
+        mem = {n: peak_memory_mib(n, args) for n in names}
+
+    print(f"MGD R50 -> R18 (RetinaNet, c2..c5), {args.batch} images {args.size}x{args.size}, "
+          f"device {args.device}, {torch.get_num_threads()} threads, {args.reps} interleaved reps, medians")
+    print(f"{'variant':<13}{'time s':>9}{'vs floor':>10}{'peak MiB':>10}{'mem vs floor':>14}")
+    for name in names:
+        floor = "floor" if name in STEPS else "match_floor"
+        m = f"{mem[name]:>10.0f}{mem[name] / mem[floor]:>13.2f}x" if mem else f"{'-':>10}{'-':>14}"
+        print(f"{name:<13}{med[name]:>9.3f}{med[name] / med[floor]:>9.2f}x{m}")
+    print(f"double pass / mgd step: {med['double'] / med['mgd']:.2f}x slower;  "
+          f"original matching / mgd matching: {med['match_orig'] / med['match']:.2f}x slower")
+    goals = [
+        ("step <= 1.10x floor", med["mgd"] / med["floor"] <= 1.10),
+        ("double pass >= 1.6x slower than step", med["double"] / med["mgd"] >= 1.6),
+        ("matching <= 1.10x floor", med["match"] / med["match_floor"] <= 1.10),
+    ]
+    if mem:
+        goals.append(("step peak memory <= 1.15x floor", mem["mgd"] / mem["floor"] <= 1.15))
+    print("goals: " + "; ".join(f"{g}: {'met' if ok else 'NOT met'}" for g, ok in goals))
+
+
+if __name__ == "__main__":
+    main()
