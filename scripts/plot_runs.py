@@ -109,8 +109,8 @@ def cost_updates(records):
         if not costs or "iteration" not in rec:
             continue
         key = tuple(sorted(costs.items()))
-        if key != last:
-            out.append((rec["iteration"], costs))
+        if key != last:  # the update's own iteration when logged, else the line's
+            out.append((int(rec.get("mgd/matching_iter", rec["iteration"])), costs))
             last = key
     return out
 

@@ -9,6 +9,10 @@ set -euo pipefail
 DEMO_DIR=${DEMO_DIR:-output/demo}
 PYTHON=${PYTHON:-python}
 MAKE_CMD=${MAKE:-make}
+# Overrides for a shortened chain (the tests use them): extra config options for every training
+# step, and extra arguments for the data generator.
+DEMO_OPTS=${DEMO_OPTS:-}
+DEMO_DATA_ARGS=${DEMO_DATA_ARGS:-}
 CONFIGS=${D2_CONFIGS:-detectron2/configs/COCO-Detection}
 export MGD_SYNTH_ROOT=$DEMO_DIR/data   # where train_net.py finds the synthetic set
 make_step() { "$MAKE_CMD" --no-print-directory "$@" PYTHON="$PYTHON" WEIGHTS_DIR="$DEMO_DIR/weights"; }
@@ -31,17 +35,24 @@ step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists, and t
 
 mkdir -p "$DEMO_DIR"
 step "synthetic data" "$DEMO_DIR/data/synthetic.json" \
-    "$PYTHON" scripts/make_synthetic_coco.py --out "$DEMO_DIR/data" --seed 0
+    "$PYTHON" scripts/make_synthetic_coco.py --out "$DEMO_DIR/data" --seed 0 --size 96 \
+    --min-object 8 --max-object 42 $DEMO_DATA_ARGS
 step "weights (random init)" "$DEMO_DIR/weights/r-50.pkl" make_step weights RANDOM_INIT=1
 step "teacher R50" "$DEMO_DIR/base-R50/model_final.pth" make_step base DEPTH=50 \
-    BASE_CONFIG="$CONFIGS/demo_retinanet_R_50.yaml" OUTPUT_DIR="$DEMO_DIR"
+    BASE_CONFIG="$CONFIGS/demo_retinanet_R_50.yaml" OUTPUT_DIR="$DEMO_DIR" OPTS="$DEMO_OPTS"
 step "student R18" "$DEMO_DIR/base-R18/model_final.pth" make_step base DEPTH=18 \
-    BASE_CONFIG="$CONFIGS/demo_retinanet_R_18.yaml" OUTPUT_DIR="$DEMO_DIR"
+    BASE_CONFIG="$CONFIGS/demo_retinanet_R_18.yaml" OUTPUT_DIR="$DEMO_DIR" OPTS="$DEMO_OPTS"
 step "merge" "" make_step merge TEACHER="$DEMO_DIR/base-R50/model_final.pth" \
     STUDENT="$DEMO_DIR/weights/r-18.pkl" MERGED="$DEMO_DIR/weights/T50-S18.pkl"
+# From random init the original's loss factors put the positions' losses orders of magnitude
+# apart; the probe rescales each to ~0.02 after its factor and the batch size (the original's rule).
+step "loss-factor probe" "$DEMO_DIR/loss_factors.txt" "$PYTHON" train_net.py --probe-loss-factors \
+    --probe-matching-batches 10 --probe-output "$DEMO_DIR/loss_factors.txt" \
+    --config-file "$CONFIGS/demo_mgd_R50_R18.yaml" MODEL.WEIGHTS "$DEMO_DIR/weights/T50-S18.pkl" \
+    OUTPUT_DIR "$DEMO_DIR/probe" $DEMO_OPTS
 step "MGD distillation" "$DEMO_DIR/mgd/model_final.pth" make_step distill \
     MGD_CONFIG="$CONFIGS/demo_mgd_R50_R18.yaml" MERGED="$DEMO_DIR/weights/T50-S18.pkl" \
-    MGD_OUTPUT="$DEMO_DIR/mgd"
+    MGD_OUTPUT="$DEMO_DIR/mgd" OPTS="$(cat "$DEMO_DIR/loss_factors.txt") $DEMO_OPTS"
 step "convert-all" "" make_step convert-all MGD_OUTPUT="$DEMO_DIR/mgd"
 
 eval_step() {  # eval_step NAME CONFIG WEIGHTS OUTPUT [EVAL_TEACHER]

@@ -144,7 +144,7 @@ def build_parser():
     p = OneLineArgumentParser(prog="summarize_results.py",
                               description="Print (and optionally collect) the AP table.")
     p.add_argument("results", metavar="RESULTS.json")
-    p.add_argument("--collect", nargs="+", default=[], metavar="NAME=SRC",
+    p.add_argument("--collect", nargs="+", action="extend", default=[], metavar="NAME=SRC",
                    help="add NAME's metrics read from SRC to RESULTS.json first")
     p.add_argument("--baseline", default="student", help="model subtracted in the last row")
     p.add_argument("--distilled", default="mgd", help="model the baseline is subtracted from")

@@ -97,6 +97,8 @@ class MGDMatchingHook(HookBase):
         self.output_dir = cfg.OUTPUT_DIR
         #: every update done by this hook: {"iteration", "costs", "images", "seconds"}
         self.history = []
+        #: the last matching's scalars, logged at every step (see after_step)
+        self._latest_scalars = {}
 
     def before_step(self):
         trainer = self.trainer
@@ -107,6 +109,13 @@ class MGDMatchingHook(HookBase):
             model.update_margins()
             logger.info(f"MGD: margins computed from the teacher's norms at iteration {trainer.iter}")
         self.update_matching()
+
+    def after_step(self):
+        # The pinned EventStorage forgets every scalar at each step, and the writers only run
+        # every 20 steps: put the last matching's figures again at every step, so metrics.json
+        # and TensorBoard record them (mgd/matching_iter says which update they come from).
+        for name, value in self._latest_scalars.items():
+            self.trainer.storage.put_scalar(name, value, smoothing_hint=False)
 
     def update_matching(self):
         trainer = self.trainer
@@ -131,11 +140,8 @@ class MGDMatchingHook(HookBase):
         finally:
             trainer.model.train(was_training)
         seconds = time.perf_counter() - start
-        storage = trainer.storage
-        for name, cost in costs.items():
-            storage.put_scalar(f"mgd/cost_{name}", cost, smoothing_hint=False)
-        storage.put_scalar("mgd/matching_iter", iteration, smoothing_hint=False)
-        storage.put_scalar("mgd/matching_seconds", seconds, smoothing_hint=False)
+        self._latest_scalars = {f"mgd/cost_{name}": cost for name, cost in costs.items()}
+        self._latest_scalars.update({"mgd/matching_iter": iteration, "mgd/matching_seconds": seconds})
         digest = assignment_digest(model.distiller)
         record = {"iteration": iteration, "costs": costs, "images": images, "seconds": round(seconds, 3),
                   "assignment_digest": digest}

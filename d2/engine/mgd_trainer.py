@@ -27,8 +27,11 @@ from mgd.config import is_mgd_config
 
 try:  # the project's safe checkpoint reader (needs the repository root on sys.path)
     from scripts.checkpoint_io import CheckpointError, load_checkpoint_object
-except ImportError:  # pragma: no cover - running from a copy without scripts/
-    CheckpointError, load_checkpoint_object = None, None
+except ImportError as error:  # never fall back to unrestricted unpickling
+    raise ImportError(
+        "MGD's checkpoint reader (scripts/checkpoint_io.py) is not importable: put the MGD "
+        "repository root on PYTHONPATH (train_net.py and `make` do)"
+    ) from error
 
 __all__ = ["MGDTrainer", "MGDCheckpointer", "strip_prefix"]
 
@@ -49,23 +52,25 @@ class MGDCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.strip_prefix = strip_prefix
 
+    def load(self, path, checkpointables=None):
+        if path and "://" not in path and not os.path.isfile(path):  # fvcore would assert
+            raise CheckpointError(f"MODEL.WEIGHTS {path!r} does not exist; check the path "
+                                  "(make weights / make merge write the usual inputs)")
+        return super().load(path, checkpointables)
+
     def _load_file(self, filename):
-        if load_checkpoint_object is None:
-            self.logger.warning("scripts/checkpoint_io.py not importable: loading without restrictions")
-            data = super()._load_file(filename)
-        else:
-            data = load_checkpoint_object(filename, "MODEL.WEIGHTS" if filename.endswith(".pkl") else "checkpoint")
-            if not isinstance(data, dict):
-                raise CheckpointError(f"checkpoint {filename!r} holds a {type(data).__name__}, not a dict")
-            if filename.endswith(".pkl"):
-                if "model" in data and "__author__" in data:
-                    self.logger.info(f"Reading a file from '{data['__author__']}'")
-                else:  # Caffe2 / Detectron1 model zoo layout, as upstream
-                    blobs = data.get("blobs", data)
-                    blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
-                    data = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
-            elif "model" not in data:
-                data = {"model": data}
+        data = load_checkpoint_object(filename, "MODEL.WEIGHTS" if filename.endswith(".pkl") else "checkpoint")
+        if not isinstance(data, dict):
+            raise CheckpointError(f"checkpoint {filename!r} holds a {type(data).__name__}, not a dict")
+        if filename.endswith(".pkl"):
+            if "model" in data and "__author__" in data:
+                self.logger.info(f"Reading a file from '{data['__author__']}'")
+            else:  # Caffe2 / Detectron1 model zoo layout, as upstream
+                blobs = data.get("blobs", data)
+                blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+                data = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+        elif "model" not in data:
+            data = {"model": data}
         if self.strip_prefix:
             before = len(data["model"])
             data["model"] = strip_prefix(data["model"], self.strip_prefix)
