@@ -45,7 +45,7 @@ say "at $commit (verified)"
 "$python" "$here/patch_detectron2.py" .
 
 if ! ls detectron2/_C*.so >/dev/null 2>&1; then
-    say "building the C++ extension in place (about a minute on 2 cores)"
+    say "building the C++ extension in place (3-4 minutes on 2 cores)"
     "$python" setup.py build_ext --inplace > build.log 2>&1 || {
         tail -20 build.log >&2
         die "building Detectron2's extension failed; the full log is $dest/build.log"
