@@ -132,7 +132,6 @@ def probe_loss_factors(cfg, args):
     override = "MGD.LOSS_FACTORS " + json.dumps([float(f"{f:.4g}") for f in suggested]).replace(" ", "")
     report = "\n".join(lines) + f"\nsuggested (each position at ~{args.probe_target}):\n  {override}"
     logger.info("MGD loss-factor probe:\n" + report)
-    print(report, flush=True)
     if args.probe_output:
         with open(args.probe_output, "w") as f:
             f.write(override + "\n")
