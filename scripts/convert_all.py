@@ -18,6 +18,7 @@ from checkpoint_io import (  # noqa: E402
     CheckpointError,
     OneLineArgumentParser,
     convert_distilled,
+    run_cli,
 )
 
 
@@ -59,20 +60,11 @@ def convert_all(output_dir, eval_teacher=False, out=sys.stdout, err=sys.stderr):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        failed = convert_all(args.output_dir, args.eval_teacher)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    failed = convert_all(args.output_dir, args.eval_teacher)
     if failed:
-        print(f"error: {len(failed)} checkpoint(s) failed to convert: {', '.join(failed)}",
-              file=sys.stderr)
-        return 2
+        raise CheckpointError(f"{len(failed)} checkpoint(s) failed to convert: {', '.join(failed)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
