@@ -11,6 +11,9 @@ Keys added (defaults = the original's COCO 1x setting, DESIGN.md):
 * ``MGD.PRERELU`` distil the pre-ReLU taps (True) or their ReLU (False; c positions)
 * ``MGD.UPDATE_FREQ``, ``MGD.UPDATE_SLOW_STEP``, ``MGD.UPDATE_ITER`` the matching schedule
 * ``MGD.LOSS_FACTORS`` nine per-position divisors of the loss
+* ``MGD.REFERENCE_WORLD_SIZE`` the GPU count whose distillation-to-detection balance is
+  reproduced at any process count (``distillation_divisor``; 0 = the original code's rule)
+* ``SOLVER.AMP.ENABLED`` mixed precision (Detectron2's later key; the pin lacks it)
 * ``MGD.TEACHER.*`` / ``MGD.STUDENT.*``: DEPTH, RES2_OUT_CHANNELS, STRIDE_IN_1X1, FREEZE_AT,
   NORM, STAGE_LAST_NORM, PIXEL_MEAN, PIXEL_STD of each RetinaNet
 * ``MODEL.RESNETS.STAGE_LAST_NORM`` ("" = off) for the ``build_mgd_*`` backbones
@@ -29,6 +32,7 @@ __all__ = [
     "teacher_config",
     "student_config",
     "is_mgd_config",
+    "distillation_divisor",
     "MGD_META_ARCHITECTURE",
     "MGD_BACKBONE",
     "TORCHVISION_PIXEL_MEAN",
@@ -72,6 +76,8 @@ def add_mgd_config(cfg):
     cfg.SOLVER.NESTEROV = True
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.RESNETS.STAGE_LAST_NORM = ""
+    if "AMP" not in cfg.SOLVER:  # Detectron2's later convention; absent at the pin
+        cfg.SOLVER.AMP = CN({"ENABLED": False})
 
     cfg.MGD = CN()
     cfg.MGD.REDUCER = "amp"
@@ -84,6 +90,9 @@ def add_mgd_config(cfg):
     cfg.MGD.UPDATE_SLOW_STEP = [20000]
     cfg.MGD.UPDATE_ITER = 1000
     cfg.MGD.LOSS_FACTORS = list(ORIGINAL_LOSS_FACTORS)
+    # The published run: 8 GPUs. Each process divides its summed distillation loss by
+    # IMS_PER_BATCH * REFERENCE_WORLD_SIZE / world_size (see distillation_divisor).
+    cfg.MGD.REFERENCE_WORLD_SIZE = 8
     # The teacher is frozen whatever its FREEZE_AT; FREEZE_AT only decides (as in its base
     # training) which stages carry the stage-last norm.
     cfg.MGD.TEACHER = _net_node(50, 256, 2, "")
@@ -93,6 +102,26 @@ def add_mgd_config(cfg):
 
 def is_mgd_config(cfg) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == MGD_META_ARCHITECTURE
+
+
+def distillation_divisor(ims_per_batch: int, reference_world_size: int, world_size: int) -> float:
+    """What each process divides its summed per-position distillation losses by.
+
+    The original divided by the global batch ``ims_per_batch`` on each of its 8 GPUs, and
+    DDP then averaged the gradients over them: each image's distillation gradient was
+    1 / (ims_per_batch * 8), while RetinaNet's detection losses are normalised per process.
+    Dividing by ``ims_per_batch * reference_world_size / world_size`` keeps that balance at
+    any ``world_size`` (process count) and batch size. ``reference_world_size`` 0 is the
+    original code's rule: divide by ``ims_per_batch`` alone (8 / world_size times harder
+    than the published run when world_size != 8).
+    """
+    if ims_per_batch <= 0 or world_size <= 0:
+        raise ValueError(f"ims_per_batch and world_size must be > 0, got {ims_per_batch}, {world_size}")
+    if reference_world_size < 0:
+        raise ValueError(f"MGD.REFERENCE_WORLD_SIZE must be >= 0, got {reference_world_size}")
+    if reference_world_size == 0:
+        return float(ims_per_batch)
+    return ims_per_batch * reference_world_size / world_size
 
 
 def derive_net_config(cfg, role: str):
