@@ -14,7 +14,7 @@ made by `make overlay`):
     # evaluate the student (or --eval-teacher) of a distillation run
     python train_net.py --eval-only --config-file .../mgd_retinanet_R50_R18_FPN_1x.yaml \
         MODEL.WEIGHTS output/mgd/model_final.pkl
-    # the loss-factor probe: each position's loss after its factor and the batch size
+    # the loss-factor probe: each position's loss after its factor and the distillation divisor
     python train_net.py --probe-loss-factors --config-file ... MODEL.WEIGHTS weights/T50-S18.pkl
 """
 import importlib.util
@@ -42,16 +42,15 @@ try:  # the overlay modules register the MGD backbone, meta-architecture and tra
     import detectron2.modeling.backbone.mgd_resnet  # noqa: F401,E402
     import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401,E402
     from detectron2.engine.mgd_launch import launch  # noqa: E402
+    from detectron2.engine.mgd_probe import probe_loss_factors  # noqa: E402
     from detectron2.engine.mgd_trainer import MGDCheckpointer, MGDTrainer  # noqa: E402
 except ImportError as error:
     sys.exit(f"error: the MGD overlay is missing from detectron2/ ({error}); run `make overlay`")
 
 import detectron2.utils.comm as comm  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import build_detection_train_loader  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
 
 from mgd.config import add_mgd_config, derive_net_config, is_mgd_config  # noqa: E402
 
@@ -101,43 +100,6 @@ def build_eval_model(cfg, eval_teacher=False):
     return model, prefix
 
 
-def probe_loss_factors(cfg, args):
-    """Margins + matching over a few batches, then each position's loss after its factor and
-    the batch size on one batch, and the factors that would put each at ``args.probe_target``."""
-    if not is_mgd_config(cfg):
-        raise SystemExit("error: --probe-loss-factors needs an MGD config")
-    logger = logging.getLogger("detectron2")
-    model = build_model(cfg)
-    MGDCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
-    data = iter(build_detection_train_loader(cfg))
-    model.eval()
-    model.update_margins()
-    model.reset_matching()
-    for _ in range(args.probe_matching_batches):
-        model.accumulate_matching(next(data))
-    model.finish_matching()
-    sums = {}
-    for _ in range(args.probe_iters):
-        for name, value in model.distillation_losses(next(data)).items():
-            sums[name] = sums.get(name, 0.0) + value.item() / cfg.SOLVER.IMS_PER_BATCH
-    names = list(model.position_names)
-    factors = list(cfg.MGD.LOSS_FACTORS)
-    suggested = list(factors)
-    lines = [f"{'position':<9}{'factor':>12}{'loss/(factor*batch)':>22}{'suggested factor':>18}"]
-    for name, value in sums.items():
-        i = names.index(name)
-        value /= args.probe_iters
-        suggested[i] = factors[i] * value / args.probe_target if value > 0 else factors[i]
-        lines.append(f"{name:<9}{factors[i]:>12.4g}{value:>22.5g}{suggested[i]:>18.4g}")
-    override = "MGD.LOSS_FACTORS " + json.dumps([float(f"{f:.4g}") for f in suggested]).replace(" ", "")
-    report = "\n".join(lines) + f"\nsuggested (each position at ~{args.probe_target}):\n  {override}"
-    logger.info("MGD loss-factor probe:\n" + report)
-    if args.probe_output:
-        with open(args.probe_output, "w") as f:
-            f.write(override + "\n")
-    return {"losses": {k: v / args.probe_iters for k, v in sums.items()}, "suggested": suggested}
-
-
 def save_results(results, path):
     """Write the evaluation results ({dataset task: {metric: value}}) as JSON, atomically."""
     partial = path + ".part"
@@ -149,7 +111,10 @@ def save_results(results, path):
 def main(args):
     cfg = setup(args)
     if args.probe_loss_factors:
-        return probe_loss_factors(cfg, args)
+        if not is_mgd_config(cfg):
+            raise SystemExit("error: --probe-loss-factors needs an MGD config")
+        return probe_loss_factors(cfg, target=args.probe_target, iters=args.probe_iters,
+                                  matching_batches=args.probe_matching_batches, output=args.probe_output)
     if args.eval_only:
         model, prefix = build_eval_model(cfg, args.eval_teacher)
         MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=prefix).resume_or_load(
@@ -170,7 +135,7 @@ def build_parser():
     parser.add_argument("--eval-teacher", action="store_true",
                         help="with --eval-only and an MGD config: evaluate the teacher, not the student")
     parser.add_argument("--probe-loss-factors", action="store_true",
-                        help="print each distilled position's loss after its factor and the batch size, "
+                        help="print each distilled position's loss after its factor and the distillation divisor, "
                              "and factors that would put each at --probe-target; no training")
     parser.add_argument("--probe-target", type=float, default=0.02,
                         help="target per-position loss for the probe's suggestion (default 0.02)")
