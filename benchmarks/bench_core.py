@@ -159,7 +159,7 @@ def run(batch: int, repeats: int, device: torch.device) -> int:
         return distiller.finish_matching()
 
     accumulate()
-    costs = [getattr(distiller, f"cost_{n}").detach().cpu().double().numpy() for n in ("c2", "c3", "c4", "c5")]
+    costs = [c.detach().cpu().double().numpy() for c in distiller.accumulated_costs().values()]
     t_acc = median_time(accumulate, repeats, device)
     t_solve = [median_time(lambda c=c: mgd.solve_matching(torch.from_numpy(c)), repeats, device) for c in costs]
     t_update = median_time(update, repeats, device)
@@ -188,8 +188,8 @@ def run(batch: int, repeats: int, device: torch.device) -> int:
 
     def amp_only():
         for i, name in enumerate(("c2", "c3", "c4", "c5")):
-            mgd.reduce_teacher(teacher[i], getattr(distiller, f"margin_{name}"),
-                               getattr(distiller, f"assignment_{name}"), STUDENT_CHANNELS[i], "amp")
+            mgd.reduce_teacher(teacher[i], distiller.margins()[name],
+                               distiller.assignments()[name], STUDENT_CHANNELS[i], "amp")
 
     t_amp = median_time(amp_only, repeats, device)
 

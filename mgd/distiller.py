@@ -9,8 +9,11 @@ affines; it calls, in order:
     reset_matching(); accumulate_matching(s, t) x UPDATE_ITER; finish_matching()
     losses = distiller(s, t)                 # every step; {position: loss}
 
-Margins, costs and assignments are non-persistent buffers (recomputed, never checkpointed);
-the student norms are ordinary (persistent) parameters under ``student_norms.<position>``.
+Per distilled position, the recomputed state (margin, accumulated cost, assignment) lives in
+a :class:`PositionState` under ``positions[<position>]``: non-persistent buffers, so
+``.to(device)`` moves them but checkpoints never hold them. Read them through
+:meth:`MGDDistiller.margins` and :meth:`MGDDistiller.assignments`. The student norms are
+ordinary (persistent) parameters; the state dict holds exactly ``student_norms.<position>.*``.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -25,6 +28,7 @@ from .reducers import REDUCERS, reduce_teacher
 
 __all__ = [
     "MGDDistiller",
+    "PositionState",
     "DEFAULT_POSITION_NAMES",
     "DEFAULT_IGNORE_INDS",
     "DEFAULT_LOSS_FACTORS",
@@ -38,6 +42,27 @@ DEFAULT_LOSS_FACTORS = tuple(f * 5e7 for f in (1, 1, 0.1, 0.1, 1, 1, 0.01, 0, 0)
 GN_GROUPS = 32
 
 Affine = Optional[Tuple[Tensor, Tensor]]
+
+
+class PositionState(nn.Module):
+    """What one distilled position recomputes during training (never checkpointed).
+
+    Attributes (non-persistent buffers; None until first set):
+        margin: [tc] float, the teacher margins (``update_margins``).
+        cost: [sc, tc] float, the matching cost summed over the images accumulated since
+            the last reset (``accumulate_matching``).
+        assignment: [L] long, teacher channel per tiled student row (``finish_matching``;
+            L = k * sc with k = tc // sc, or sc for the "sm" reducer).
+    """
+
+    margin: Optional[Tensor]
+    cost: Optional[Tensor]
+    assignment: Optional[Tensor]
+
+    def __init__(self):
+        super().__init__()
+        for kind in ("margin", "cost", "assignment"):
+            self.register_buffer(kind, None, persistent=False)
 
 
 def build_student_norm(kind: str, channels: int) -> nn.Module:
@@ -107,23 +132,16 @@ class MGDDistiller(nn.Module):
         self.student_norms = nn.ModuleDict(
             {self._name(i): build_student_norm(norm, self.student_channels[i]) for i in self.distilled_positions}
         )
-        for i in self.distilled_positions:
-            for kind in ("margin", "cost", "assignment"):
-                self.register_buffer(self._buffer(kind, i), None, persistent=False)
+        #: {position: PositionState} over the distilled positions
+        self.positions = nn.ModuleDict({self._name(i): PositionState() for i in self.distilled_positions})
         self.images_seen = 0  # images accumulated since the last reset (a host int: no sync)
 
     # -- naming -------------------------------------------------------------------------
     def _name(self, i: int) -> str:
         return self.position_names[i]
 
-    def _buffer(self, kind: str, i: int) -> str:
-        return f"{kind}_{self.position_names[i]}"
-
-    def _get(self, kind: str, i: int) -> Optional[Tensor]:
-        return getattr(self, self._buffer(kind, i))
-
-    def _set(self, kind: str, i: int, value: Optional[Tensor]) -> None:
-        setattr(self, self._buffer(kind, i), value)
+    def _state(self, i: int) -> PositionState:
+        return self.positions[self.position_names[i]]
 
     def _default_device(self) -> torch.device:
         return next(self.student_norms.parameters()).device
@@ -149,13 +167,13 @@ class MGDDistiller(nn.Module):
                 raise ValueError(
                     f"position {self._name(i)}: affine has {gamma.numel()}/{beta.numel()} channels, expected {tc}"
                 )
-            self._set("margin", i, margins_from_affine(gamma.reshape(-1), beta.reshape(-1)).float())
+            self._state(i).margin = margins_from_affine(gamma.reshape(-1), beta.reshape(-1)).float()
 
     # -- matching -----------------------------------------------------------------------
     def reset_matching(self) -> None:
         """Forget the accumulated costs and the image count (the assignment is kept)."""
-        for i in self.distilled_positions:
-            self._set("cost", i, None)
+        for state in self.positions.values():
+            state.cost = None
         self.images_seen = 0
 
     @torch.no_grad()
@@ -165,9 +183,8 @@ class MGDDistiller(nn.Module):
         """Add one batch's matching costs (raw student taps vs teacher taps, [N, C, H, W])."""
         pairs = self._checked_pairs(student_feats, teacher_feats)
         for i, (s, t) in pairs.items():
-            cost = matching_cost(s, t)
-            total = self._get("cost", i)
-            self._set("cost", i, cost if total is None else total.add_(cost))
+            cost, state = matching_cost(s, t), self._state(i)
+            state.cost = cost if state.cost is None else state.cost.add_(cost)
         self.images_seen += next(iter(pairs.values()))[0].shape[0]
 
     def finish_matching(self) -> Dict[str, float]:
@@ -179,7 +196,7 @@ class MGDDistiller(nn.Module):
         """
         if self.images_seen == 0:
             raise ValueError("finish_matching() called before accumulate_matching()")
-        costs = {i: self._get("cost", i) / self.images_seen for i in self.distilled_positions}
+        costs = {i: self._state(i).cost / self.images_seen for i in self.distilled_positions}
         sparse = self.reducer == "sm"
         distributed = dist.is_available() and dist.is_initialized()
         if not distributed or dist.get_rank() == 0:
@@ -193,7 +210,7 @@ class MGDDistiller(nn.Module):
             assignments = _broadcast_from_rank0(assignments)
         matched_costs = []
         for i, guided in assignments.items():
-            self._set("assignment", i, guided)
+            self._state(i).assignment = guided
             students = torch.arange(guided.numel(), device=guided.device) % self.student_channels[i]
             matched_costs.append(costs[i][students, guided].mean())
         self.reset_matching()
@@ -212,7 +229,7 @@ class MGDDistiller(nn.Module):
         pairs = self._checked_pairs(student_feats, teacher_feats)
         losses = {}
         for i, (s, t) in pairs.items():
-            margin, guided = self._get("margin", i), self._get("assignment", i)
+            margin, guided = self._state(i).margin, self._state(i).assignment
             if margin is None:
                 raise ValueError("MGD loss asked for before update_margins()")
             if guided is None:
@@ -221,6 +238,23 @@ class MGDDistiller(nn.Module):
             student = self.student_norms[self._name(i)](s)
             losses[self._name(i)] = distillation_loss(student, target, target_margin) / self.loss_factors[i]
         return losses
+
+    # -- read-only views ---------------------------------------------------------------------
+    def margins(self) -> Dict[str, Tensor]:
+        """{position: margins [tc] (float)} for the distilled positions whose margins are set."""
+        return {name: st.margin for name, st in self.positions.items() if st.margin is not None}
+
+    def assignments(self) -> Dict[str, Tensor]:
+        """{position: assignment [L] (long)} for the distilled positions already matched.
+
+        Entry ``r`` is the teacher channel guiding student channel ``r % sc``; L = k * sc
+        (k = tc // sc teacher channels per student channel), or sc for the "sm" reducer.
+        """
+        return {name: st.assignment for name, st in self.positions.items() if st.assignment is not None}
+
+    def accumulated_costs(self) -> Dict[str, Tensor]:
+        """{position: cost [sc, tc] summed over the images seen since the last reset}."""
+        return {name: st.cost for name, st in self.positions.items() if st.cost is not None}
 
     # -- validation ---------------------------------------------------------------------
     def _check_length(self, what: str, seq: Sequence) -> None:

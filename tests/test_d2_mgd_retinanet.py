@@ -103,7 +103,7 @@ def test_margins_come_from_the_teacher_prerelu_norms(tmp_path):
     model.update_margins()
     block = model.t_net.backbone.bottom_up.res4[-1]
     expected = mgd.margins_from_affine(block.conv3.norm.weight, block.conv3.norm.bias)
-    torch.testing.assert_close(model.distiller.margin_c4.flatten(), expected.flatten().float())
+    torch.testing.assert_close(model.distiller.margins()["c4"].flatten(), expected.flatten().float())
 
 
 def test_zero_factor_on_a_distilled_position_is_refused(tmp_path):

@@ -69,7 +69,7 @@ def test_forward_loss_matches_manual_composition():
     i = 3  # c5: shaved, k = 2
     sc, tc = STUDENT[i], TEACHER[i]
     k = tc // sc
-    guided = d.assignment_c5
+    guided = d.assignments()["c5"]
     normed = nn.functional.group_norm(student[i], 32)  # fresh GN: weight 1, bias 0
     matched = teacher[i][:, guided].view(2, k, sc, 1, 1)
     pick = matched.abs().argmax(1, keepdim=True)
@@ -100,7 +100,7 @@ def test_assignment_solves_the_mean_cost_over_all_accumulated_images():
         k = tc // sc
         tiled = np.tile(mean_cost[:, : k * sc], (k, 1))
         rows, cols = linear_sum_assignment(tiled)
-        guided = getattr(d, f"assignment_{name}").numpy()
+        guided = d.assignments()[name].numpy()
         got = mean_cost[np.arange(k * sc) % sc, guided]
         assert got.sum() == pytest.approx(tiled[rows, cols].sum(), rel=1e-5)
         assert summary[name] == pytest.approx(got.mean(), rel=1e-5)
@@ -108,7 +108,8 @@ def test_assignment_solves_the_mean_cost_over_all_accumulated_images():
 
 def test_sm_reducer_uses_one_teacher_channel_per_student_channel():
     d = ready_distiller("sm")
-    assert d.assignment_c3.shape == (32,) and d.assignment_c2.shape == (32,)
+    shapes = {name: tuple(a.shape) for name, a in d.assignments().items()}
+    assert shapes == {"c2": (32,), "c3": (32,), "c4": (64,), "c5": (64,)}  # one teacher channel per student's
 
 
 def test_margins_from_teacher_affines_and_fresh_norms():
@@ -116,16 +117,32 @@ def test_margins_from_teacher_affines_and_fresh_norms():
     gamma, beta = torch.full((64,), 2.0), torch.full((64,), 7.0)  # Phi(-3.5) < 0.001 -> -3 * 2
     affines = [None, None, (gamma, beta), None] + [None] * 5
     d.update_margins(affines)
-    torch.testing.assert_close(d.margin_c4, torch.full((64,), -6.0))
-    torch.testing.assert_close(d.margin_c2, torch.full((64,), -math.sqrt(2 / math.pi)))
+    margins = d.margins()
+    assert list(margins) == ["c2", "c3", "c4", "c5"]
+    torch.testing.assert_close(margins["c4"], torch.full((64,), -6.0))
+    torch.testing.assert_close(margins["c2"], torch.full((64,), -math.sqrt(2 / math.pi)))
 
 
 def test_checkpoint_holds_only_the_student_norms():
     d = ready_distiller()
-    keys = set(d.state_dict())
-    assert keys == {f"student_norms.{p}.{w}" for p in ("c2", "c3", "c4", "c5") for w in ("weight", "bias")}
+    d.accumulate_matching(features(STUDENT, seed=5), features(TEACHER, seed=6))  # costs set too
+    assert d.margins() and d.assignments() and d.accumulated_costs()
+    keys = list(d.state_dict())
+    assert keys == [f"student_norms.{p}.{w}" for p in ("c2", "c3", "c4", "c5") for w in ("weight", "bias")]
     fresh = mgd.MGDDistiller(STUDENT, TEACHER)
     fresh.load_state_dict(d.state_dict())  # strict: nothing else is expected
+    assert fresh.margins() == {} and fresh.assignments() == {}  # recomputed, never loaded
+
+
+def test_recomputed_state_follows_the_module_and_views_are_copies_of_the_mapping():
+    d = ready_distiller()
+    d.double()  # what .to(device) does to buffers: margins are floating, assignments long
+    assert all(m.dtype == torch.float64 for m in d.margins().values())
+    assert all(a.dtype == torch.long for a in d.assignments().values())
+    d.assignments().clear()
+    assert list(d.assignments()) == ["c2", "c3", "c4", "c5"]
+    d.reset_matching()
+    assert d.accumulated_costs() == {} and list(d.assignments()) == ["c2", "c3", "c4", "c5"]
 
 
 def test_sync_bn_option():

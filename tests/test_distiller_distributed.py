@@ -28,7 +28,7 @@ def run_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
         d.update_margins([None] * 9)
         d.accumulate_matching(*rank_data(rank))
         d.finish_matching()
-        torch.save({"c2": d.assignment_c2, "c3": d.assignment_c3}, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(d.assignments(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -37,7 +37,7 @@ def single_process_assignment(rank: int):
     d = mgd.MGDDistiller(STUDENT, TEACHER, ignore_inds=IGNORE)
     d.accumulate_matching(*rank_data(rank))
     d.finish_matching()
-    return {"c2": d.assignment_c2, "c3": d.assignment_c3}
+    return d.assignments()
 
 
 def test_all_ranks_end_with_rank0_assignment(tmp_path):

@@ -64,10 +64,9 @@ def unwrap_model(model):
 def assignment_digest(distiller) -> str:
     """A short hash of all current assignments (equal on every rank after a matching)."""
     h = hashlib.sha1()
-    for name, buf in sorted(distiller.named_buffers()):
-        if name.startswith("assignment_") and buf is not None:
-            h.update(name.encode())
-            h.update(buf.detach().cpu().numpy().tobytes())
+    for name, assignment in sorted(distiller.assignments().items()):
+        h.update(name.encode())
+        h.update(assignment.detach().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
