@@ -258,101 +258,150 @@ def _grid(n: int):
     return _GRIDS[n]
 
 
-def generate_image(rng: np.random.Generator, cfg: SynthConfig, return_layers: bool = False):
-    """Returns (uint8 image HxWx3, list of annotation dicts without ids).
+@dataclass
+class Placed:
+    """A shape on the canvas: its signed distance on the in-image part of its window."""
+    shape: Shape
+    sdf: np.ndarray      # float32 [h, w], > 0 inside
+    window: tuple        # (slice of rows, slice of columns) of the image
+    full_area: int       # pixels of the whole shape
 
-    With ``return_layers`` also the owner map (index of the top shape per pixel, -1 for
-    background) and the list of placed shapes (bottom to top), for checks.
-    """
-    n = cfg.size
-    ys, xs = _grid(n)
-    img = _background(rng, n)
 
+def _object_kinds(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+    """Drawing order of the image's objects: True for a labelled object, False for a distractor."""
     n_lab = int(rng.integers(cfg.min_labelled, cfg.max_labelled + 1))
     n_dis = int(rng.integers(cfg.min_distractors, cfg.max_distractors + 1))
     kinds = np.array([True] * n_lab + [False] * n_dis)
     rng.shuffle(kinds)
+    return kinds
 
+
+def _random_position(rng: np.random.Generator, shape: Shape, n: int) -> None:
+    """Centre a labelled shape inside the image; a distractor may stick out of it."""
+    r = 0.5 * shape.diameter
+    if shape.label is not None:
+        shape.cx, shape.cy = rng.uniform(r * 0.8, n - r * 0.8, size=2)
+    else:
+        shape.cx, shape.cy = rng.uniform(-0.2 * r, n + 0.2 * r, size=2)
+
+
+def _visible_after(owner: np.ndarray, placed: List[Placed], visible: List[int], sl: tuple,
+                   mask: np.ndarray) -> np.ndarray:
+    """Visible pixel count of every placed shape once ``mask`` (at ``sl``) covers them."""
+    covered = owner[sl][mask]
+    lost = np.bincount(covered[covered >= 0], minlength=len(placed))
+    return np.asarray(visible, dtype=np.int64) - lost[:len(placed)]
+
+
+def _place_objects(rng: np.random.Generator, cfg: SynthConfig, kinds: np.ndarray):
+    """Place the objects bottom to top, each at up to 25 random positions, keeping every
+    labelled object >= ``min_visible`` visible. Returns (owner map [n, n] int32: index of the
+    top shape per pixel, -1 for background; placed shapes, bottom to top)."""
+    n = cfg.size
     owner = np.full((n, n), -1, dtype=np.int32)
-    placed: List[Tuple[Shape, np.ndarray, tuple, int]] = []   # shape, sdf, slices, full area
-    visible = []                                            # visible pixel count per placed
+    placed: List[Placed] = []
+    visible: List[int] = []   # visible pixel count per placed shape
     for labelled in kinds:
         for _attempt in range(25):
             shape = _random_shape(rng, cfg, bool(labelled))
-            r = 0.5 * shape.diameter
-            if labelled:
-                shape.cx, shape.cy = rng.uniform(r * 0.8, n - r * 0.8, size=2)
-            else:
-                shape.cx, shape.cy = rng.uniform(-0.2 * r, n + 0.2 * r, size=2)
+            _random_position(rng, shape, n)
             sdf, sl, full = _shape_sdf(shape, n)
             if sdf is None or full == 0:
                 continue
             mask = sdf > 0
-            covered = owner[sl][mask]
-            lost = np.bincount(covered[covered >= 0], minlength=len(placed))
-            new_vis = np.asarray(visible, dtype=np.int64) - lost[:len(placed)]
-            ok = all(new_vis[i] >= cfg.min_visible * placed[i][3]
-                     for i in range(len(placed)) if placed[i][0].label is not None)
+            new_visible = _visible_after(owner, placed, visible, sl, mask)
             own = int(np.count_nonzero(mask))
+            ok = all(new_visible[i] >= cfg.min_visible * p.full_area
+                     for i, p in enumerate(placed) if p.shape.label is not None)
             if labelled and own < cfg.min_visible * full:
                 ok = False
             if not ok:
                 continue
-            idx = len(placed)
             shape.full_area = full
-            owner[sl][mask] = idx
-            visible[:] = list(new_vis)
+            owner[sl][mask] = len(placed)
+            visible[:] = list(new_visible)
             visible.append(own)
-            placed.append((shape, sdf, sl, full))
+            placed.append(Placed(shape, sdf, sl, full))
             break
         # after 25 failed attempts the object is skipped (the image keeps >= 1 labelled
         # object: the first labelled object never fails for occlusion reasons)
+    return owner, placed
 
-    # paint, bottom to top
-    for shape, sdf, sl, _full in placed:
-        alpha = np.clip(sdf + 0.5, 0.0, 1.0)
-        win_y, win_x = ys[sl], xs[sl]
-        col = np.broadcast_to(shape.rgb, alpha.shape + (3,)).astype(np.float32)
-        # soft shading ramp across the object
-        ramp = rng.uniform(-0.18, 0.18)
-        c, s = math.cos(shape.angle + 1.0), math.sin(shape.angle + 1.0)
-        proj = ((win_x - shape.cx) * c + (win_y - shape.cy) * s) / max(shape.diameter, 1.0)
-        shade = 1.0 + ramp * proj
-        if rng.uniform() < cfg.stripe_prob:
-            phi = rng.uniform(0, math.pi)
-            period = rng.uniform(3.0, 7.0)
-            phase = rng.uniform(0, 2 * math.pi)
-            depth = rng.uniform(0.25, 0.5)
-            along = (win_x - shape.cx) * math.cos(phi) + (win_y - shape.cy) * math.sin(phi)
-            bands = np.sin(2 * math.pi * along / period + phase) > 0
-            shade = shade * np.where(bands, 1.0 - depth, 1.0)
-        col = col * shade[..., None]
-        a = alpha[..., None]
-        img[sl] = img[sl] * (1 - a) + col * a
 
+def _shading(rng: np.random.Generator, cfg: SynthConfig, shape: Shape, win_x: np.ndarray,
+             win_y: np.ndarray) -> np.ndarray:
+    """Brightness factor on the shape's window: a soft ramp across it, and with probability
+    ``stripe_prob`` darker bands. Neither changes the class."""
+    ramp = rng.uniform(-0.18, 0.18)
+    c, s = math.cos(shape.angle + 1.0), math.sin(shape.angle + 1.0)
+    proj = ((win_x - shape.cx) * c + (win_y - shape.cy) * s) / max(shape.diameter, 1.0)
+    shade = 1.0 + ramp * proj
+    if rng.uniform() < cfg.stripe_prob:
+        phi = rng.uniform(0, math.pi)
+        period = rng.uniform(3.0, 7.0)
+        phase = rng.uniform(0, 2 * math.pi)
+        depth = rng.uniform(0.25, 0.5)
+        along = (win_x - shape.cx) * math.cos(phi) + (win_y - shape.cy) * math.sin(phi)
+        bands = np.sin(2 * math.pi * along / period + phase) > 0
+        shade = shade * np.where(bands, 1.0 - depth, 1.0)
+    return shade
+
+
+def _paint(rng: np.random.Generator, cfg: SynthConfig, img: np.ndarray,
+           placed: List[Placed]) -> None:
+    """Alpha-blend the shapes into ``img`` (float32 [n, n, 3]) bottom to top, in place."""
+    ys, xs = _grid(cfg.size)
+    for p in placed:
+        alpha = np.clip(p.sdf + 0.5, 0.0, 1.0)[..., None]
+        col = np.broadcast_to(p.shape.rgb, alpha.shape[:2] + (3,)).astype(np.float32)
+        col = col * _shading(rng, cfg, p.shape, xs[p.window], ys[p.window])[..., None]
+        img[p.window] = img[p.window] * (1 - alpha) + col * alpha
+
+
+def _add_noise(rng: np.random.Generator, cfg: SynthConfig, img: np.ndarray) -> np.ndarray:
+    """Gaussian pixel noise (sigma uniform in ``cfg.noise``), rounded to uint8 [n, n, 3]."""
     sigma = float(rng.uniform(*cfg.noise))
     img += rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(sigma)
-    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
+
+def _annotations(owner: np.ndarray, placed: List[Placed]) -> List[dict]:
+    """COCO annotations (without ids) of the labelled shapes: box and area of the visible part."""
     anns = []
-    for idx, (shape, _sdf, sl, full) in enumerate(placed):
-        if shape.label is None:
+    for idx, p in enumerate(placed):
+        if p.shape.label is None:
             continue
-        sy, sx = sl
-        rows, cols = np.nonzero(owner[sl] == idx)
+        sy, sx = p.window
+        rows, cols = np.nonzero(owner[p.window] == idx)
         if rows.size == 0:
             continue
         x0, x1 = sx.start + int(cols.min()), sx.start + int(cols.max()) + 1
         y0, y1 = sy.start + int(rows.min()), sy.start + int(rows.max()) + 1
         anns.append({
-            "category_id": shape.label,
+            "category_id": p.shape.label,
             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
             "area": float(rows.size),
             "iscrowd": 0,
-            "visible_fraction": round(rows.size / full, 4),
+            "visible_fraction": round(rows.size / p.full_area, 4),
         })
+    return anns
+
+
+def generate_image(rng: np.random.Generator, cfg: SynthConfig, return_layers: bool = False):
+    """Returns (uint8 image HxWx3, list of annotation dicts without ids).
+
+    With ``return_layers`` also the owner map (index of the top shape per pixel, -1 for
+    background) and the list of placed shapes (bottom to top), for checks. The steps draw
+    from ``rng`` in this order, which fixes the generated set: background, object kinds,
+    placement, painting, noise.
+    """
+    img = _background(rng, cfg.size)
+    owner, placed = _place_objects(rng, cfg, _object_kinds(rng, cfg))
+    _paint(rng, cfg, img, placed)
+    img = _add_noise(rng, cfg, img)
+    anns = _annotations(owner, placed)
     if return_layers:
-        return img, anns, owner, [p[0] for p in placed]
+        return img, anns, owner, [p.shape for p in placed]
     return img, anns
 
 
