@@ -12,13 +12,10 @@ IN is read as data only; OUT is written atomically.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from checkpoint_io import (  # noqa: E402
-    OneLineArgumentParser,
-    convert_distilled,
-    run_cli,
-)
+from mgd.checkpoint import convert_distilled  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
 
 
 def build_parser():

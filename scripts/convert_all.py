@@ -12,14 +12,10 @@ others are still converted; the exit code is 2 if any failed (or none was found)
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from checkpoint_io import (  # noqa: E402
-    CheckpointError,
-    OneLineArgumentParser,
-    convert_distilled,
-    run_cli,
-)
+from mgd.checkpoint import CheckpointError, convert_distilled  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
 
 
 def build_parser():

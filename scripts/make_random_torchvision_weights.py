@@ -12,9 +12,10 @@ atomically (temporary file + rename).
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from checkpoint_io import OneLineArgumentParser, atomic_write, check_output_path, run_cli  # noqa: E402
+from mgd.checkpoint import atomic_write, check_output_path  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
 
 
 def random_resnet_state_dict(depth, seed=0):

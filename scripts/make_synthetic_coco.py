@@ -7,16 +7,17 @@
 
 Writes OUT/{train,val}/*.png, OUT/annotations/instances_{train,val}.json and
 OUT/synthetic.json, atomically; an existing set written by this script is replaced. The data
-design is described in scripts/synthetic_coco.py. Register it with Detectron2 through
-scripts/synthetic_dataset.py:register_synthetic_coco(OUT).
+design is described in scripts/synthetic_coco.py. Use it as any COCO-format set:
+train_net.py --dataset mgd_synth_train OUT/annotations/instances_train.json OUT/train (and val).
 """
 
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from checkpoint_io import OneLineArgumentParser  # noqa: E402
+from mgd.cli import OneLineArgumentParser  # noqa: E402
 from synthetic_coco import SynthConfig, SyntheticDataError, write_dataset  # noqa: E402
 
 

@@ -15,23 +15,22 @@ saved as ``s_net.backbone.bottom_up.<key>``. OUT is a Detectron2 pickle
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from checkpoint_io import (  # noqa: E402
+from mgd.checkpoint import (  # noqa: E402
     DEPTH_LAYOUTS,
     STUDENT_BACKBONE_PREFIX,
     TEACHER_PREFIX,
-    OneLineArgumentParser,
-    _layout_text,
     check_output_path,
     human_size,
+    layout_text,
     load_checkpoint,
     merge_teacher_student,
-    run_cli,
     save_d2_pickle,
     validate_student,
     validate_teacher,
 )
+from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
 
 
 def build_parser():
@@ -63,9 +62,9 @@ def main(argv=None):
     merged = merge_teacher_student(teacher, student)
     size = save_d2_pickle(merged, args.output)
     print(f"teacher {args.teacher}: {len(teacher)} tensors -> {TEACHER_PREFIX}* "
-          f"(RetinaNet, {_layout_text(teacher, 'backbone.bottom_up.')})")
+          f"(RetinaNet, {layout_text(teacher, 'backbone.bottom_up.')})")
     print(f"student {args.student}: {len(student)} tensors -> {STUDENT_BACKBONE_PREFIX}* "
-          f"({_layout_text(student)})")
+          f"({layout_text(student)})")
     print(f"wrote {args.output}: {len(merged)} tensors, {human_size(size)}")
     return 0
 

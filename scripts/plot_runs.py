@@ -27,8 +27,9 @@ import sys
 from collections import OrderedDict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from checkpoint_io import OneLineArgumentParser  # noqa: E402
+from mgd.cli import OneLineArgumentParser  # noqa: E402
 from summarize_results import METRICS, ResultsError, delta_row, load_results  # noqa: E402
 
 LOSS_ORDER = ("total_loss", "loss_cls", "loss_box_reg", "loss_distill")

@@ -28,9 +28,10 @@ import os
 import sys
 from collections import OrderedDict
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from checkpoint_io import CheckpointError, OneLineArgumentParser, atomic_write  # noqa: E402
+from mgd.checkpoint import CheckpointError, atomic_write  # noqa: E402
+from mgd.cli import OneLineArgumentParser  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75")
 

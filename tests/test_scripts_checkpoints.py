@@ -23,7 +23,8 @@ from test_scripts_support import (
     write_pickle,
 )
 
-import checkpoint_io as cio  # noqa: E402  (scripts/ is put on sys.path by the support module)
+import mgd.checkpoint as cio
+from mgd.cli import run_cli
 
 
 def load_script(filename):
@@ -119,7 +120,7 @@ def test_merge_accepts_a_detectron2_pth_teacher(tmp_path, capsys):
                 "iteration": 99}, tmp_path / "model_final.pth")
     write_pickle(tmp_path / "r-18.pkl", converted_student(18))
     merge = load_script("merge-models-into-one.py")
-    rc = cio.run_cli(merge.main, [str(tmp_path / "model_final.pth"), str(tmp_path / "r-18.pkl"),
+    rc = run_cli(merge.main, [str(tmp_path / "model_final.pth"), str(tmp_path / "r-18.pkl"),
                                   str(tmp_path / "out.pkl"), "--teacher-depth", "50"])
     assert rc == 0, capsys.readouterr().err
     merged = read_d2(tmp_path / "out.pkl")
@@ -173,7 +174,7 @@ def test_random_torchvision_weights_are_deterministic_and_convertible(tmp_path, 
     pytest.importorskip("torchvision")
     mk = load_script("make_random_torchvision_weights.py")
     for name, seed in (("a.pth", 3), ("b.pth", 3), ("c.pth", 4)):
-        assert cio.run_cli(mk.main, ["--depth", "18", str(tmp_path / name), "--seed", str(seed)]) == 0
+        assert run_cli(mk.main, ["--depth", "18", str(tmp_path / name), "--seed", str(seed)]) == 0
     assert (tmp_path / "a.pth").read_bytes() == (tmp_path / "b.pth").read_bytes()
     a = torch.load(tmp_path / "a.pth", weights_only=True)
     c = torch.load(tmp_path / "c.pth", weights_only=True)
@@ -224,7 +225,7 @@ def test_torch_malicious_pth_is_refused(tmp_path, capsys):
     torch.save(malicious_checkpoint(marker), tmp_path / "evil.pth")
     merge = load_script("merge-models-into-one.py")
     write_pickle(tmp_path / "r-18.pkl", converted_student(18))
-    rc = cio.run_cli(merge.main, [str(tmp_path / "evil.pth"), str(tmp_path / "r-18.pkl"),
+    rc = run_cli(merge.main, [str(tmp_path / "evil.pth"), str(tmp_path / "r-18.pkl"),
                                   str(tmp_path / "out.pkl")])
     err = capsys.readouterr().err.splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: refusing"), err

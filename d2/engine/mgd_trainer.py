@@ -6,13 +6,19 @@
 * DDP built with ``find_unused_parameters=True`` and ``broadcast_buffers=False``, and
   without ``device_ids`` on CPU (gloo), so multi-process CPU runs work;
 * the MGD matching hook (``mgd_hooks.MGDMatchingHook``) when the model is MGDRetinaNet;
+* mixed precision under ``SOLVER.AMP.ENABLED`` (``run_step``: float16 autocast with a
+  ``GradScaler`` on CUDA, bfloat16 autocast on CPU; the scaler's state is checkpointed);
+* upstream's ``SOLVER.REFERENCE_WORLD_SIZE`` auto-scaling applied to the MGD schedule too
+  (``scale_to_world_size``), and the distillation divisor (``MGD.REFERENCE_WORLD_SIZE``)
+  stated once in the log;
 * ``MGDCheckpointer``: checkpoints are read as data (restricted unpickling of ``.pkl``,
-  ``torch.load(weights_only=True)`` for ``.pth``; ``scripts/checkpoint_io.py``), with
+  ``torch.load(weights_only=True)`` for ``.pth``; ``mgd.checkpoint``), with
   one-line errors for bad files, and optionally a key prefix stripped (evaluating
   ``s_net.``/``t_net.`` out of a distillation checkpoint).
 """
 import logging
 import os
+import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -21,17 +27,12 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine.defaults import DefaultTrainer
 from detectron2.engine.mgd_hooks import MGDMatchingHook
 from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling.meta_arch.mgd_retinanet import autocast
 from detectron2.utils import comm
 
-from mgd.config import is_mgd_config
+from mgd.config import distillation_divisor, is_mgd_config
 
-try:  # the project's safe checkpoint reader (needs the repository root on sys.path)
-    from scripts.checkpoint_io import CheckpointError, load_checkpoint_object
-except ImportError as error:  # never fall back to unrestricted unpickling
-    raise ImportError(
-        "MGD's checkpoint reader (scripts/checkpoint_io.py) is not importable: put the MGD "
-        "repository root on PYTHONPATH (train_net.py and `make` do)"
-    ) from error
+from mgd.checkpoint import CheckpointError, load_checkpoint_object
 
 __all__ = ["MGDTrainer", "MGDCheckpointer", "strip_prefix"]
 
@@ -80,12 +81,22 @@ class MGDCheckpointer(DetectionCheckpointer):
 
 
 class MGDTrainer(DefaultTrainer):
+    """DefaultTrainer for MGD and plain RetinaNet runs; see the module docstring."""
+
     def __init__(self, cfg):
+        cfg = scale_to_world_size(cfg, comm.get_world_size())
         super().__init__(cfg)
-        # same checkpointables as upstream, read safely
+        self.amp_enabled = bool(cfg.SOLVER.AMP.ENABLED)
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        # float16 needs loss scaling; bfloat16 (CPU) has float32's range and does not
+        use_scaler = self.amp_enabled and self.device.type == "cuda"
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        # same checkpointables as upstream plus the loss scaler's state, read safely
         self.checkpointer = MGDCheckpointer(
-            self.model, cfg.OUTPUT_DIR, optimizer=self.optimizer, scheduler=self.scheduler
+            self.model, cfg.OUTPUT_DIR, optimizer=self.optimizer, scheduler=self.scheduler,
+            grad_scaler=_ScalerCheckpointable(self.grad_scaler),
         )
+        _log_scale_rules(cfg, comm.get_world_size(), self.amp_enabled, use_scaler)
         for hook in self._hooks:  # the periodic checkpointer holds the old one
             if hasattr(hook, "checkpointer"):
                 hook.checkpointer = self.checkpointer
@@ -95,6 +106,28 @@ class MGDTrainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(dataset_name, cfg, True, output_folder)
+
+    def run_step(self):
+        """Upstream's step, or under ``SOLVER.AMP.ENABLED`` the same step with the forward
+        autocast (float16 + loss scaling on CUDA, bfloat16 on CPU), as Detectron2's later
+        ``AMPTrainer``. The losses are summed in float32."""
+        if not self.amp_enabled:
+            return super().run_step()
+        assert self.model.training, "[MGDTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with autocast(self.device, True):
+            loss_dict = self.model(data)
+        losses = sum(loss.float() for loss in loss_dict.values())
+        self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        self._write_metrics({**loss_dict, "data_time": data_time})
+        self._detect_anomaly(losses, loss_dict)
+        # unscales before the optimizer's step, so gradient clipping sees true gradients;
+        # steps with inf/NaN gradients are skipped and the scale lowered
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
 
     def wrap_model_with_ddp(self, cfg, model):
         if comm.get_world_size() == 1:
@@ -119,3 +152,69 @@ class MGDTrainer(DefaultTrainer):
             if isinstance(hook, MGDMatchingHook):
                 return hook
         return None
+
+
+def scale_to_world_size(cfg, world_size: int):
+    """Upstream's ``SOLVER.REFERENCE_WORLD_SIZE`` auto-scaling, extended to MGD's schedule.
+
+    When ``SOLVER.REFERENCE_WORLD_SIZE`` (upstream's key, 0 = off) differs from
+    ``world_size``, upstream scales the batch and learning rate by
+    ``world_size / REFERENCE_WORLD_SIZE`` and the iteration counts inversely. The matching
+    schedule is counted in iterations too: ``MGD.UPDATE_FREQ`` and ``MGD.UPDATE_SLOW_STEP``
+    are scaled like ``SOLVER.STEPS``, and ``MGD.UPDATE_ITER`` like the iterations, so that
+    each matching sees as many images at the same point of training as in the reference.
+    """
+    scaled = DefaultTrainer.auto_scale_workers(cfg, world_size)
+    if scaled is cfg or not is_mgd_config(cfg):
+        return scaled
+    scale = world_size / cfg.SOLVER.REFERENCE_WORLD_SIZE
+    frozen = scaled.is_frozen()
+    scaled.defrost()
+    scaled.MGD.UPDATE_FREQ = [max(1, int(round(f / scale))) for f in cfg.MGD.UPDATE_FREQ]
+    scaled.MGD.UPDATE_SLOW_STEP = [int(round(s / scale)) for s in cfg.MGD.UPDATE_SLOW_STEP]
+    scaled.MGD.UPDATE_ITER = max(1, int(round(cfg.MGD.UPDATE_ITER / scale)))
+    logger.info(
+        f"Auto-scaling the MGD schedule to UPDATE_FREQ={list(scaled.MGD.UPDATE_FREQ)}, "
+        f"UPDATE_SLOW_STEP={list(scaled.MGD.UPDATE_SLOW_STEP)}, UPDATE_ITER={scaled.MGD.UPDATE_ITER}."
+    )
+    if frozen:
+        scaled.freeze()
+    return scaled
+
+
+def _log_scale_rules(cfg, world_size: int, amp_enabled: bool, use_scaler: bool) -> None:
+    """One line each: the distillation divisor and the precision of this run."""
+    if is_mgd_config(cfg):
+        batch, reference = cfg.SOLVER.IMS_PER_BATCH, cfg.MGD.REFERENCE_WORLD_SIZE
+        divisor = distillation_divisor(batch, reference, world_size)
+        if reference:
+            rule = (f"IMS_PER_BATCH {batch} x MGD.REFERENCE_WORLD_SIZE {reference} / {world_size} processes"
+                    f" = {divisor:g}: the distillation-to-detection balance of a {reference}-process run")
+        else:
+            rule = (f"IMS_PER_BATCH {batch} (MGD.REFERENCE_WORLD_SIZE 0, the original code's rule: "
+                    f"{8 / world_size:g}x the published 8-GPU run's strength on {world_size} processes)")
+        logger.info(f"MGD: each process divides its summed distillation loss by {rule}")
+    if amp_enabled:
+        dtype = "float16 with loss scaling" if use_scaler else "bfloat16"
+        logger.info(f"Mixed precision (SOLVER.AMP.ENABLED): forwards autocast to {dtype}; "
+                    "the distillation loss, margins and matching in float32")
+
+
+class _ScalerCheckpointable:
+    """The GradScaler as a checkpointable: saved as ``grad_scaler``, restored on resume.
+
+    A checkpoint written without loss scaling (float32 or bfloat16) holds an empty state;
+    resuming it with float16 loss scaling starts the scaler afresh, with one line.
+    """
+
+    def __init__(self, scaler: torch.amp.GradScaler):
+        self.scaler = scaler
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state and self.scaler.is_enabled():
+            logger.info("The checkpoint has no loss-scaler state (saved without float16 AMP): starting afresh")
+            return
+        self.scaler.load_state_dict(state)

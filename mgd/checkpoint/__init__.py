@@ -1,0 +1,70 @@
+"""Checkpoints of MGD as data: safe loading, the teacher/student format, atomic writing.
+
+* :mod:`.loading` reads ``.pkl`` (restricted unpickling) and ``.pth``
+  (``torch.load(weights_only=True)``) files without running code from them;
+* :mod:`.format` knows the teacher/student layout (``t_net.*``, ``s_net.*``), reads a
+  ResNet's depth from key names, validates, merges and splits;
+* :mod:`.writing` checks output paths early and writes atomically.
+
+Every user-caused problem raises :class:`CheckpointError` with a one-line message.
+Framework-free: needs numpy, and torch only for torch files or tensors; never Detectron2.
+"""
+
+from .errors import CheckpointError
+from .format import (
+    D2_BACKBONE_PREFIX,
+    DEPTH_LAYOUTS,
+    STUDENT_BACKBONE_PREFIX,
+    STUDENT_PREFIX,
+    TEACHER_PREFIX,
+    convert_distilled,
+    layout_text,
+    merge_teacher_student,
+    resnet_depth,
+    resnet_layout,
+    split_distilled,
+    validate_student,
+    validate_teacher,
+)
+from .loading import (
+    RANDOM_INIT_KEY,
+    DisallowedGlobal,
+    RestrictedUnpickler,
+    extract_state_dict,
+    is_random_init,
+    load_checkpoint,
+    load_checkpoint_object,
+    restricted_loads,
+    to_numpy,
+)
+from .writing import atomic_write, check_output_path, human_size, save_d2_pickle
+
+__all__ = [
+    "CheckpointError",
+    "RestrictedUnpickler",
+    "DisallowedGlobal",
+    "restricted_loads",
+    "load_checkpoint",
+    "load_checkpoint_object",
+    "extract_state_dict",
+    "to_numpy",
+    "RANDOM_INIT_KEY",
+    "is_random_init",
+    "check_output_path",
+    "atomic_write",
+    "save_d2_pickle",
+    "human_size",
+    "TEACHER_PREFIX",
+    "STUDENT_PREFIX",
+    "STUDENT_BACKBONE_PREFIX",
+    "D2_BACKBONE_PREFIX",
+    "DEPTH_LAYOUTS",
+    "resnet_layout",
+    "resnet_depth",
+    "layout_text",
+    "validate_teacher",
+    "validate_student",
+    "merge_teacher_student",
+    "split_distilled",
+    "convert_distilled",
+]
