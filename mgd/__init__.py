@@ -2,12 +2,8 @@
 
 Plain torch + scipy; no detection framework is imported here.
 """
-from .distiller import (
-    DEFAULT_IGNORE_INDS,
-    DEFAULT_LOSS_FACTORS,
-    DEFAULT_POSITION_NAMES,
-    MGDDistiller,
-)
+from .defaults import DEFAULT_IGNORE_INDS, DEFAULT_LOSS_FACTORS, DEFAULT_POSITION_NAMES, DEFAULT_REDUCER
+from .distiller import MGDDistiller
 from .loss import distillation_loss
 from .margins import margins_from_affine
 from .matching import matching_cost, solve_matching
@@ -24,4 +20,5 @@ __all__ = [
     "DEFAULT_POSITION_NAMES",
     "DEFAULT_IGNORE_INDS",
     "DEFAULT_LOSS_FACTORS",
+    "DEFAULT_REDUCER",
 ]

@@ -17,14 +17,20 @@ Keys added (defaults = the original's COCO 1x setting, DESIGN.md):
 * ``MGD.TEACHER.*`` / ``MGD.STUDENT.*``: DEPTH, RES2_OUT_CHANNELS, STRIDE_IN_1X1, FREEZE_AT,
   NORM, STAGE_LAST_NORM, PIXEL_MEAN, PIXEL_STD of each RetinaNet
 * ``MODEL.RESNETS.STAGE_LAST_NORM`` ("" = off) for the ``build_mgd_*`` backbones
-* ``SOLVER.NESTEROV`` True and ``INPUT.FORMAT`` "RGB" as new defaults (torchvision weights
-  take RGB input); a config file can set them back.
+
+It only adds keys: every key Detectron2 already has keeps upstream's default, MGD config or
+not. The YAMLs carry their own values: every config in configs/ sets ``INPUT.FORMAT: "RGB"``
+(torchvision weights), the MGD ones ``SOLVER.NESTEROV: True`` as the original did (upstream
+default False; the pin's ``build_optimizer`` reads it). The MGD defaults (positions, ignored
+positions, loss factors, reducer) are defined once, in :mod:`mgd.defaults`.
 
 The two RetinaNet configs are clones of the full config with only the keys above replaced
 (``derive_net_config``); the shared model keys (RETINANET, ANCHOR_GENERATOR, FPN, ...)
 come from the full config. Neither net's settings can leak into the other's.
 """
 from detectron2.config import CfgNode as CN
+
+from .defaults import DEFAULT_IGNORE_INDS, DEFAULT_LOSS_FACTORS, DEFAULT_REDUCER
 
 __all__ = [
     "add_mgd_config",
@@ -43,7 +49,6 @@ MGD_META_ARCHITECTURE = "MGDRetinaNet"
 MGD_BACKBONE = "build_mgd_retinanet_resnet_fpn_backbone"
 TORCHVISION_PIXEL_MEAN = [123.675, 116.28, 103.53]
 TORCHVISION_PIXEL_STD = [58.395, 57.12, 57.375]
-ORIGINAL_LOSS_FACTORS = [f * 5e7 for f in (1.0, 1.0, 0.1, 0.1, 1.0, 1.0, 0.01, 0.0, 0.0)]
 
 # (MGD.<NET> key, where it goes in the derived RetinaNet config)
 _NET_KEYS = (
@@ -73,23 +78,21 @@ def _net_node(depth, res2_out_channels, freeze_at, stage_last_norm):
 
 def add_mgd_config(cfg):
     """Add the MGD keys (module doc) to a Detectron2 config, in place. Returns cfg."""
-    cfg.SOLVER.NESTEROV = True
-    cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.RESNETS.STAGE_LAST_NORM = ""
     if "AMP" not in cfg.SOLVER:  # Detectron2's later convention; absent at the pin
         cfg.SOLVER.AMP = CN({"ENABLED": False})
 
     cfg.MGD = CN()
-    cfg.MGD.REDUCER = "amp"
-    # positions: [c2, c3, c4, c5, p3, p4, p5, p6, p7]
-    cfg.MGD.IGNORE_INDS = [4, 5, 6, 7, 8]
+    cfg.MGD.REDUCER = DEFAULT_REDUCER
+    # indices into mgd.defaults.DEFAULT_POSITION_NAMES: [c2, c3, c4, c5, p3, p4, p5, p6, p7]
+    cfg.MGD.IGNORE_INDS = list(DEFAULT_IGNORE_INDS)
     cfg.MGD.SYNC_BN = False
     cfg.MGD.PRERELU = True
     # matching update every UPDATE_FREQ[k] iterations, k = number of UPDATE_SLOW_STEP passed
     cfg.MGD.UPDATE_FREQ = [5000, 31000]
     cfg.MGD.UPDATE_SLOW_STEP = [20000]
     cfg.MGD.UPDATE_ITER = 1000
-    cfg.MGD.LOSS_FACTORS = list(ORIGINAL_LOSS_FACTORS)
+    cfg.MGD.LOSS_FACTORS = list(DEFAULT_LOSS_FACTORS)
     # The published run: 8 GPUs. Each process divides its summed distillation loss by
     # IMS_PER_BATCH * REFERENCE_WORLD_SIZE / world_size (see distillation_divisor).
     cfg.MGD.REFERENCE_WORLD_SIZE = 8

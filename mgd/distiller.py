@@ -21,6 +21,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .defaults import (
+    DEFAULT_IGNORE_INDS,
+    DEFAULT_LOSS_FACTORS,
+    DEFAULT_POSITION_NAMES,
+    DEFAULT_REDUCER,
+    GN_GROUPS,
+)
 from .loss import distillation_loss
 from .margins import margins_from_affine
 from .matching import assignment_length, copies_per_student, matching_cost, solve_matching
@@ -29,17 +36,13 @@ from .reducers import REDUCERS, reduce_teacher
 __all__ = [
     "MGDDistiller",
     "PositionState",
+    "build_student_norm",
+    # re-exported from mgd.defaults, where they are defined
     "DEFAULT_POSITION_NAMES",
     "DEFAULT_IGNORE_INDS",
     "DEFAULT_LOSS_FACTORS",
     "GN_GROUPS",
 ]
-
-DEFAULT_POSITION_NAMES = ("c2", "c3", "c4", "c5", "p3", "p4", "p5", "p6", "p7")
-DEFAULT_IGNORE_INDS = (4, 5, 6, 7, 8)
-DEFAULT_LOSS_FACTORS = tuple(f * 5e7 for f in (1, 1, 0.1, 0.1, 1, 1, 0.01, 0, 0))
-#: GroupNorm groups of the student norms; channel counts must be divisible by it.
-GN_GROUPS = 32
 
 Affine = Optional[Tuple[Tensor, Tensor]]
 
@@ -94,7 +97,7 @@ class MGDDistiller(nn.Module):
         student_channels: Sequence[int],
         teacher_channels: Sequence[int],
         *,
-        reducer: str = "amp",
+        reducer: str = DEFAULT_REDUCER,
         ignore_inds: Sequence[int] = DEFAULT_IGNORE_INDS,
         loss_factors: Sequence[float] = DEFAULT_LOSS_FACTORS,
         norm: str = "GN",

@@ -38,7 +38,7 @@ def ready_distiller(reducer="amp", n=2, **kwargs):
 
 def test_defaults_match_the_original():
     assert mgd.DEFAULT_POSITION_NAMES == ("c2", "c3", "c4", "c5", "p3", "p4", "p5", "p6", "p7")
-    assert mgd.DEFAULT_IGNORE_INDS == (4, 5, 6, 7, 8)
+    assert mgd.DEFAULT_IGNORE_INDS == (4, 5, 6, 7, 8) and mgd.DEFAULT_REDUCER == "amp"
     assert DEFAULT_LOSS_FACTORS == pytest.approx([5e7, 5e7, 5e6, 5e6, 5e7, 5e7, 5e5, 0, 0])
     d = mgd.MGDDistiller(STUDENT, TEACHER)
     assert d.distilled_positions == [0, 1, 2, 3]
