@@ -27,10 +27,13 @@ EVAL_TEACHER      ?=
 EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final.pkl
 EVAL_OUTPUT       ?= $(MGD_OUTPUT)/eval$(if $(EVAL_TEACHER),-teacher)
 DEMO_DIR          ?= output/demo
+# Your own COCO-format sets: NAME JSON IMAGE_ROOT triples, registered for base/distill/eval
+# (train_net.py --dataset); name them in DATASETS.TRAIN / DATASETS.TEST through OPTS.
+DATASETS          ?=
 USER_VARIABLES := PYTHON DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS OUTPUT_DIR \
                   WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
                   EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT BASE_CONFIG MGD_CONFIG \
-                  DEMO_DIR PYTEST_ARGS
+                  DEMO_DIR DATASETS PYTEST_ARGS
 
 # Make the in-place Detectron2 build and this repository importable for every command below.
 export PYTHONPATH := $(CURDIR)/$(DETECTRON2_DIR):$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -38,9 +41,10 @@ export PYTHONPATH := $(CURDIR)/$(DETECTRON2_DIR):$(CURDIR)$(if $(PYTHONPATH),:$(
 D2_CONFIGS := $(DETECTRON2_DIR)/configs/COCO-Detection
 D2_PACKAGE := $(DETECTRON2_DIR)/detectron2
 D2_BUILT    = $(wildcard $(D2_PACKAGE)/_C*.so)
-# Configs are used from their copies inside the checkout (their _BASE_ is ../Base-RetinaNet.yaml).
-BASE_CONFIG       ?= $(D2_CONFIGS)/retinanet_torchvision_R_$(DEPTH)_FPN_1x.yaml
-MGD_CONFIG        ?= $(D2_CONFIGS)/mgd_retinanet_R50_R18_FPN_1x.yaml
+# Configs are used where they are; their _BASE_ (../Base-RetinaNet.yaml) resolves against the
+# checkout's configs/COCO-Detection/ (train_net.py). Their copies made by `make overlay` work too.
+BASE_CONFIG       ?= configs/retinanet_torchvision_R_$(DEPTH)_FPN_1x.yaml
+MGD_CONFIG        ?= configs/mgd_retinanet_R50_R18_FPN_1x.yaml
 EVAL_CONFIG       ?= $(MGD_CONFIG)
 
 .PHONY: help
@@ -52,6 +56,13 @@ help: ## list the targets and the variables
 
 print-%:
 	@echo '$($*)'
+
+# train_net.py arguments for DATASETS (NAME JSON IMAGE_ROOT triples)
+DATASET_ARGS = $(if $(strip $(DATASETS)),$(shell printf -- '--dataset %s %s %s ' $(DATASETS)))
+# Input checks, run before anything else of a target: `$(call require,FILE,WHAT,HOW TO MAKE IT)`.
+require = test -e "$(1)" || { echo "error: $(2) $(1) not found; $(3)" >&2; exit 2; }
+check_datasets = n=$(words $(DATASETS)); [ $$((n % 3)) -eq 0 ] || { \
+    echo "error: DATASETS takes NAME JSON IMAGE_ROOT triples, got $$n words: $(DATASETS)" >&2; exit 2; }
 
 .PHONY: install
 install: ## install the pinned Python requirements (reuses what is already installed)
@@ -66,7 +77,7 @@ detectron2: install ## clone the pinned Detectron2 (PR #1820), apply compat edit
 .PHONY: overlay
 overlay: ## copy d2/ modules and configs/ into the Detectron2 checkout (idempotent)
 	@test -d $(D2_PACKAGE) || { echo "error: $(DETECTRON2_DIR) is missing; run 'make detectron2' first" >&2; exit 2; }
-	@n=0; for pair in modeling/backbone modeling/meta_arch engine; do \
+	@n=0; for pair in modeling/backbone modeling/meta_arch engine data; do \
 	    for f in d2/$$pair/*.py; do [ -e "$$f" ] || continue; \
 	        cmp -s "$$f" "$(D2_PACKAGE)/$$pair/$$(basename $$f)" || { cp "$$f" "$(D2_PACKAGE)/$$pair/"; echo "copied $$f -> $(D2_PACKAGE)/$$pair/"; n=$$((n+1)); }; \
 	    done; done; \
@@ -109,17 +120,17 @@ weights: ## get torchvision R18/R50 (download; RANDOM_INIT=1 for random init) an
 	done
 
 .PHONY: base
-base: overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18)
-	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) --config-file $(BASE_CONFIG) \
+base: check-base overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18)
+	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(DATASET_ARGS) --config-file $(BASE_CONFIG) \
 	    MODEL.WEIGHTS $(WEIGHTS_DIR)/r-$(DEPTH).pkl OUTPUT_DIR $(OUTPUT_DIR)/base-R$(DEPTH) $(OPTS)
 
 .PHONY: merge
-merge: ## merge TEACHER (R50 base checkpoint) and STUDENT (r-18.pkl) into MERGED for distillation
+merge: check-merge ## merge TEACHER (R50 base checkpoint) and STUDENT (r-18.pkl) into MERGED for distillation
 	$(PYTHON) scripts/merge-models-into-one.py $(TEACHER) $(STUDENT) $(MERGED)
 
 .PHONY: distill
-distill: overlay ## distil the student from the teacher with MGD, starting from MERGED
-	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) --config-file $(MGD_CONFIG) \
+distill: check-distill overlay ## distil the student from the teacher with MGD, starting from MERGED
+	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(DATASET_ARGS) --config-file $(MGD_CONFIG) \
 	    MODEL.WEIGHTS $(MERGED) OUTPUT_DIR $(MGD_OUTPUT) $(OPTS)
 
 .PHONY: convert-all
@@ -128,8 +139,23 @@ convert-all: ## split the student (EVAL_TEACHER=1: teacher) out of every MGD_OUT
 
 .PHONY: eval
 eval: overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG (the student; EVAL_TEACHER=1 the teacher)
-	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) --config-file $(EVAL_CONFIG) \
+	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) $(DATASET_ARGS) --config-file $(EVAL_CONFIG) \
 	    $(if $(EVAL_TEACHER),--eval-teacher) MODEL.WEIGHTS $(EVAL_WEIGHTS) OUTPUT_DIR $(EVAL_OUTPUT) $(OPTS)
+
+.PHONY: check-base check-merge check-distill
+check-base:
+	@case "$(DEPTH)" in 18|50) ;; *) \
+	    echo "error: DEPTH must be 18 or 50 (MGD's R50 teacher, R18 student), got '$(DEPTH)'" >&2; exit 2;; esac
+	@$(call require,$(BASE_CONFIG),BASE_CONFIG,pass BASE_CONFIG=a config file (e.g. configs/...))
+	@$(call require,$(WEIGHTS_DIR)/r-$(DEPTH).pkl,the ImageNet weights,run \`make weights\` first)
+	@$(check_datasets)
+check-merge:
+	@$(call require,$(TEACHER),the teacher checkpoint TEACHER,run \`make base DEPTH=50\` or pass TEACHER=...)
+	@$(call require,$(STUDENT),the student weights STUDENT,run \`make weights\` or pass STUDENT=...)
+check-distill:
+	@$(call require,$(MGD_CONFIG),MGD_CONFIG,pass MGD_CONFIG=a config file (e.g. configs/...))
+	@$(call require,$(MERGED),the merged teacher/student checkpoint MERGED,run \`make merge\` or pass MERGED=...)
+	@$(check_datasets)
 
 # ---------------------------------------------------------------- demo, plots, benchmarks
 

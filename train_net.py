@@ -1,87 +1,82 @@
 #!/usr/bin/env python
 """Train or evaluate RetinaNet, or distil a RetinaNet student from a teacher with MGD.
 
-Examples (configs are used from their copies in detectron2/configs/COCO-Detection/,
-made by `make overlay`):
+Examples:
 
     # MGD: R50 teacher -> R18 student on COCO, 8 GPUs
-    python train_net.py --num-gpus 8 \
-        --config-file detectron2/configs/COCO-Detection/mgd_retinanet_R50_R18_FPN_1x.yaml \
+    python train_net.py --num-gpus 8 --config-file configs/mgd_retinanet_R50_R18_FPN_1x.yaml \
         MODEL.WEIGHTS weights/T50-S18.pkl OUTPUT_DIR output/mgd
-    # a plain RetinaNet (the base step), CPU processes use gloo
-    python train_net.py --num-gpus 2 --config-file .../retinanet_torchvision_R_18_FPN_1x.yaml \
+    # a plain RetinaNet (the base step); CPU processes use gloo
+    python train_net.py --num-gpus 2 --config-file configs/retinanet_torchvision_R_18_FPN_1x.yaml \
         MODEL.WEIGHTS weights/r-18.pkl
     # evaluate the student (or --eval-teacher) of a distillation run
-    python train_net.py --eval-only --config-file .../mgd_retinanet_R50_R18_FPN_1x.yaml \
+    python train_net.py --eval-only --config-file configs/mgd_retinanet_R50_R18_FPN_1x.yaml \
         MODEL.WEIGHTS output/mgd/model_final.pkl
     # the loss-factor probe: each position's loss after its factor and the distillation divisor
     python train_net.py --probe-loss-factors --config-file ... MODEL.WEIGHTS weights/T50-S18.pkl
+    # your own COCO-format sets, named in DATASETS.TRAIN / DATASETS.TEST
+    python train_net.py --dataset mine_train train.json images/ --dataset mine_val val.json images/ \
+        --config-file ... DATASETS.TRAIN '("mine_train",)' DATASETS.TEST '("mine_val",)'
+
+The config, the datasets and MODEL.WEIGHTS are checked before anything is logged or written:
+a problem is one line `error: ...` and exit code 2.
 """
-import importlib.util
-import json
 import logging
 import os
 import sys
+import warnings
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-# Detectron2 not installed: use the checkout in ./detectron2 (without this, the checkout
-# folder itself would be found as an empty namespace package "detectron2").
-_spec = importlib.util.find_spec("detectron2")
-if (_spec is None or _spec.origin is None) and os.path.isdir(os.path.join(ROOT, "detectron2", "detectron2")):
-    sys.path.insert(0, os.path.join(ROOT, "detectron2"))
+from mgd.bootstrap import use_pinned_detectron2
 
-import torch  # noqa: E402
+use_pinned_detectron2(os.path.dirname(os.path.abspath(__file__)))
+# the pin's torch.jit.script uses warn on today's torch at every import: noise before any error
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
 try:
-    import detectron2  # noqa: F401,E402
+    import detectron2  # noqa: F401
 except ImportError:
     sys.exit("error: detectron2 is not importable; run `make detectron2` first")
 try:  # the overlay modules register the MGD backbone, meta-architecture and trainer
-    import detectron2.modeling.backbone.mgd_resnet  # noqa: F401,E402
-    import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401,E402
-    from detectron2.engine.mgd_launch import launch  # noqa: E402
-    from detectron2.engine.mgd_probe import probe_loss_factors  # noqa: E402
-    from detectron2.engine.mgd_trainer import MGDCheckpointer, MGDTrainer  # noqa: E402
+    import detectron2.modeling.backbone.mgd_resnet  # noqa: F401
+    import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401
+    from detectron2.data.mgd_datasets import DatasetError, check_datasets, register_coco_dataset
+    from detectron2.engine.mgd_launch import launch
+    from detectron2.engine.mgd_probe import probe_loss_factors
+    from detectron2.engine.mgd_results import report_empty, save_results
+    from detectron2.engine.mgd_setup import ConfigError, check_config, load_config
+    from detectron2.engine.mgd_trainer import MGDCheckpointer, MGDTrainer
 except ImportError as error:
     sys.exit(f"error: the MGD overlay is missing from detectron2/ ({error}); run `make overlay`")
 
+import torch  # noqa: E402
 import detectron2.utils.comm as comm  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 
-from mgd.config import add_mgd_config, derive_net_config, is_mgd_config  # noqa: E402
+from mgd.checkpoint import CheckpointError  # noqa: E402
+from mgd.config import derive_net_config, is_mgd_config  # noqa: E402
 
-SYNTH_PREFIX = "mgd_synth"
-SYNTH_ROOT_ENV = "MGD_SYNTH_ROOT"
-DEFAULT_SYNTH_ROOT = os.path.join("datasets", "mgd_synth")
-
-
-def register_datasets(cfg):
-    """Register the synthetic demo set when the config names it (root: $MGD_SYNTH_ROOT)."""
-    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    if not any(n.startswith(SYNTH_PREFIX) for n in names):
-        return
-    from scripts.synthetic_dataset import register_synthetic_coco
-
-    register_synthetic_coco(os.environ.get(SYNTH_ROOT_ENV, DEFAULT_SYNTH_ROOT))
+#: the errors that end a run with one line (anything else is a bug: a traceback)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
 
 
-def setup(args):
-    cfg = get_cfg()
-    add_mgd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+def setup_config(args):
+    """The frozen config of this run, with the --dataset sets registered in this process."""
+    for name, json_file, image_root in args.dataset or ():
+        register_coco_dataset(name, json_file, image_root)
+    cfg = load_config(args.config_file, args.opts)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on CPU (multi-process runs use gloo)
-    if args.eval_teacher and not is_mgd_config(cfg):
-        raise SystemExit("error: --eval-teacher needs an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
     cfg.freeze()
-    register_datasets(cfg)
-    default_setup(cfg, args)  # logs, and saves the final config to OUTPUT_DIR/config.yaml
     return cfg
+
+
+def check_run(args):
+    """Every check that can be made before the run starts (raises one of USER_ERRORS)."""
+    cfg = setup_config(args)
+    check_config(cfg, eval_only=args.eval_only, eval_teacher=args.eval_teacher,
+                 probe=args.probe_loss_factors, resume=args.resume)
+    check_datasets(cfg)
 
 
 def build_eval_model(cfg, eval_teacher=False):
@@ -96,35 +91,30 @@ def build_eval_model(cfg, eval_teacher=False):
         cfg = derive_net_config(cfg, role)
         prefix = "t_net." if eval_teacher else "s_net."
         logging.getLogger("detectron2").info(f"Evaluating the {role} of the MGD config")
-    model = MGDTrainer.build_model(cfg)
-    return model, prefix
+    return MGDTrainer.build_model(cfg), prefix
 
 
-def save_results(results, path):
-    """Write the evaluation results ({dataset task: {metric: value}}) as JSON, atomically."""
-    partial = path + ".part"
-    with open(partial, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(partial, path)
+def evaluate(cfg, args):
+    model, prefix = build_eval_model(cfg, args.eval_teacher)
+    MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=prefix).resume_or_load(
+        cfg.MODEL.WEIGHTS, resume=args.resume
+    )
+    results = MGDTrainer.test(cfg, model)
+    if comm.is_main_process():
+        report_empty(results, list(cfg.DATASETS.TEST), cfg.MODEL.RETINANET.SCORE_THRESH_TEST)
+        verify_results(cfg, results)
+        save_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"))
+    return results
 
 
 def main(args):
-    cfg = setup(args)
+    cfg = setup_config(args)
+    default_setup(cfg, args)  # logs, and saves the final config to OUTPUT_DIR/config.yaml
     if args.probe_loss_factors:
-        if not is_mgd_config(cfg):
-            raise SystemExit("error: --probe-loss-factors needs an MGD config")
         return probe_loss_factors(cfg, target=args.probe_target, iters=args.probe_iters,
                                   matching_batches=args.probe_matching_batches, output=args.probe_output)
     if args.eval_only:
-        model, prefix = build_eval_model(cfg, args.eval_teacher)
-        MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=prefix).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        res = MGDTrainer.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, res)
-            save_results(res, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"))
-        return res
+        return evaluate(cfg, args)
     trainer = MGDTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
@@ -132,11 +122,14 @@ def main(args):
 
 def build_parser():
     parser = default_argument_parser()
+    parser.add_argument("--dataset", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                        help="register a COCO-format set under NAME (repeatable); name it in "
+                             "DATASETS.TRAIN / DATASETS.TEST")
     parser.add_argument("--eval-teacher", action="store_true",
                         help="with --eval-only and an MGD config: evaluate the teacher, not the student")
     parser.add_argument("--probe-loss-factors", action="store_true",
-                        help="print each distilled position's loss after its factor and the distillation divisor, "
-                             "and factors that would put each at --probe-target; no training")
+                        help="print each distilled position's loss after its factor and the distillation "
+                             "divisor, and factors that would put each at --probe-target; no training")
     parser.add_argument("--probe-target", type=float, default=0.02,
                         help="target per-position loss for the probe's suggestion (default 0.02)")
     parser.add_argument("--probe-iters", type=int, default=1, help="batches the probe averages over")
@@ -148,17 +141,10 @@ def build_parser():
 
 if __name__ == "__main__":
     args = build_parser().parse_args()
-    print("Command Line Args:", args)
     try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except Exception as error:  # one line for bad checkpoints, as the scripts do
-        if type(error).__name__ == "CheckpointError":
-            sys.exit(f"error: {error}")
-        raise
+        check_run(args)  # errors first: before any log line, output folder or process
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -14,8 +14,11 @@ MAKE_CMD=${MAKE:-make}
 DEMO_OPTS=${DEMO_OPTS:-}
 DEMO_DATA_ARGS=${DEMO_DATA_ARGS:-}
 CONFIGS=${D2_CONFIGS:-detectron2/configs/COCO-Detection}
-export MGD_SYNTH_ROOT=$DEMO_DIR/data   # where train_net.py finds the synthetic set
-make_step() { "$MAKE_CMD" --no-print-directory "$@" PYTHON="$PYTHON" WEIGHTS_DIR="$DEMO_DIR/weights"; }
+# the synthetic set, registered as any COCO-format set is (train_net.py --dataset, make DATASETS=)
+DATA=$DEMO_DIR/data
+DATASETS="mgd_synth_train $DATA/annotations/instances_train.json $DATA/train"
+DATASETS+=" mgd_synth_val $DATA/annotations/instances_val.json $DATA/val"
+make_step() { "$MAKE_CMD" --no-print-directory "$@" PYTHON="$PYTHON" WEIGHTS_DIR="$DEMO_DIR/weights" DATASETS="$DATASETS"; }
 
 timings=()
 demo_start=$(date +%s)
@@ -46,7 +49,9 @@ step "merge" "" make_step merge TEACHER="$DEMO_DIR/base-R50/model_final.pth" \
     STUDENT="$DEMO_DIR/weights/r-18.pkl" MERGED="$DEMO_DIR/weights/T50-S18.pkl"
 # From random init the original's loss factors put the positions' losses orders of magnitude
 # apart; the probe rescales each to ~0.02 after its factor and the batch size (the original's rule).
+# shellcheck disable=SC2046  # word splitting intended: --dataset NAME JSON IMAGE_ROOT triples
 step "loss-factor probe" "$DEMO_DIR/loss_factors.txt" "$PYTHON" train_net.py --probe-loss-factors \
+    $(printf -- '--dataset %s %s %s ' $DATASETS) \
     --probe-matching-batches 10 --probe-output "$DEMO_DIR/loss_factors.txt" \
     --config-file "$CONFIGS/demo_mgd_R50_R18.yaml" MODEL.WEIGHTS "$DEMO_DIR/weights/T50-S18.pkl" \
     OUTPUT_DIR "$DEMO_DIR/probe" $DEMO_OPTS

@@ -13,7 +13,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = REPO_ROOT / "detectron2"
-OVERLAY_DIRS = ("modeling/backbone", "modeling/meta_arch", "engine")
+OVERLAY_DIRS = ("modeling/backbone", "modeling/meta_arch", "engine", "data")
 
 
 def _detectron2_unavailable_reason() -> str:

@@ -88,15 +88,39 @@ def make_synthetic_dataset(root: Path, train=16, val=8, size=SYNTH_SIZE) -> Path
     return root
 
 
-def run_train_net(args, synth_root, timeout=600, check=True):
-    """Run train_net.py in a subprocess; returns CompletedProcess (stdout+stderr in .stdout)."""
+SYNTH_SPLITS = ("train", "val")
+
+
+def synthetic_dataset_args(root) -> list:
+    """train_net.py's ``--dataset NAME JSON IMAGE_ROOT`` arguments of a synthetic set at ``root``,
+    under the names the demo configs use (mgd_synth_train, mgd_synth_val)."""
+    root = Path(root)
+    args = []
+    for split in SYNTH_SPLITS:
+        args += ["--dataset", f"mgd_synth_{split}", str(root / "annotations" / f"instances_{split}.json"),
+                 str(root / split)]
+    return args
+
+
+def register_synthetic_dataset(root) -> None:
+    """Register a synthetic set in this process, as train_net.py --dataset does."""
+    from detectron2.data.mgd_datasets import register_coco_dataset
+
+    args = synthetic_dataset_args(root)
+    for i in range(0, len(args), 4):
+        register_coco_dataset(*args[i + 1:i + 4])
+
+
+def run_train_net(args, synth_root=None, timeout=600, check=True, cwd=REPO):
+    """Run train_net.py in a subprocess, with the synthetic set at ``synth_root`` (if given)
+    registered; returns CompletedProcess (stdout+stderr in .stdout)."""
     env = dict(os.environ)
-    env["MGD_SYNTH_ROOT"] = str(synth_root)
     env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT), str(REPO)])
     env.setdefault("OMP_NUM_THREADS", "2")
+    datasets = synthetic_dataset_args(synth_root) if synth_root is not None else []
     proc = subprocess.run(
-        [sys.executable, str(REPO / "train_net.py"), *map(str, args)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+        [sys.executable, str(REPO / "train_net.py"), *datasets, *map(str, args)],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"train_net.py {' '.join(map(str, args))} failed ({proc.returncode}):\n"

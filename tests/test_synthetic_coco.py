@@ -154,34 +154,3 @@ def test_rewrite_replaces_own_set_atomically(tmp_path):
     assert len(os.listdir(out / "train")) == 3
     assert sorted(os.listdir(tmp_path)) == ["s"]  # no temp or old folders left
 
-
-def test_synthetic_coco_paths():
-    import synthetic_dataset as sd
-
-    assert sd.synthetic_coco_paths("root", "val") == (
-        os.path.join("root", "annotations", "instances_val.json"), os.path.join("root", "val"))
-
-
-@pytest.mark.detectron2
-def test_register_with_detectron2(tmp_path):
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.structures import BoxMode
-
-    import synthetic_dataset as sd
-
-    with pytest.raises(FileNotFoundError, match="make_synthetic_coco.py"):
-        sd.register_synthetic_coco(tmp_path / "nothing", name_prefix="mgd_synth_test_missing")
-    root = tmp_path / "synth"
-    sc.write_dataset(root, sc.SynthConfig(num_train=4, num_val=3))
-    names = sd.register_synthetic_coco(root, name_prefix="mgd_synth_test")
-    assert names == ("mgd_synth_test_train", "mgd_synth_test_val")
-    assert sd.register_synthetic_coco(root, name_prefix="mgd_synth_test") == names  # idempotent
-    dicts = DatasetCatalog.get("mgd_synth_test_val")
-    coco = _load(root, "val")
-    assert len(dicts) == 3
-    first = [a for a in coco["annotations"] if a["image_id"] == 1]
-    assert [o["bbox"] for o in dicts[0]["annotations"]] == [a["bbox"] for a in first]
-    assert all(o["bbox_mode"] == BoxMode.XYWH_ABS for o in dicts[0]["annotations"])
-    assert MetadataCatalog.get("mgd_synth_test_val").thing_classes == [
-        "red_circle", "blue_circle", "red_square", "blue_triangle"]
-    assert MetadataCatalog.get("mgd_synth_test_val").evaluator_type == "coco"

@@ -1,0 +1,209 @@
+"""From a command line to a checked config, before any log, output folder or model exists.
+
+* :func:`load_config`: ``get_cfg()`` + the MGD keys + the config file + the overrides. A
+  relative ``_BASE_`` that is missing next to the file is looked up in the Detectron2
+  checkout's ``configs/COCO-Detection/`` (this repository's ``configs/*.yaml`` name
+  ``../Base-RetinaNet.yaml``, as if they sat there), so they work where they are.
+* :func:`check_config`: the MGD keys, the model's depths and norms, the matching schedule,
+  and that ``MODEL.WEIGHTS`` exists where the run needs it.
+
+Every problem raises :class:`ConfigError` with a one-line message (what is wrong, what to
+do next); ``train_net.py`` prints it as ``error: ...``.
+"""
+import difflib
+import os
+from typing import List
+
+import yaml
+
+import detectron2
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine.mgd_hooks import _check_schedule
+
+from mgd.checkpoint import DEPTH_LAYOUTS
+from mgd.config import add_mgd_config, is_mgd_config
+from mgd.defaults import DEFAULT_POSITION_NAMES
+from mgd.reducers import REDUCERS
+
+__all__ = ["ConfigError", "load_config", "check_config", "fallback_config_dir", "NORMS"]
+
+#: the names detectron2.layers.get_norm accepts at the pin
+NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN")
+_DOWNLOADED = ("http://", "https://", "detectron2://", "catalog://")
+_NOT_RELATIVE = ("/", "~") + _DOWNLOADED
+
+
+class ConfigError(ValueError):
+    """A config that cannot run as given; the message is one line."""
+
+
+def fallback_config_dir() -> str:
+    """``configs/COCO-Detection`` of the Detectron2 checkout in use: where this repository's
+    configs are meant to sit (their ``_BASE_`` is ``../Base-RetinaNet.yaml``)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(detectron2.__file__))),
+                        "configs", "COCO-Detection")
+
+
+class _TagTolerantLoader(yaml.SafeLoader):
+    """Reads a config's structure without constructing Python-tagged values."""
+
+
+_TagTolerantLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+
+
+def _bases(path: str) -> List[str]:
+    with open(path) as f:
+        data = yaml.load(f, Loader=_TagTolerantLoader)
+    base = data.get("_BASE_") if isinstance(data, dict) else None
+    return [] if base is None else list(base) if isinstance(base, (list, tuple)) else [base]
+
+
+def _merge_file(cfg: CfgNode, path: str) -> None:
+    """``cfg.merge_from_file(path)``, with missing relative ``_BASE_`` files taken from
+    :func:`fallback_config_dir` (recursively)."""
+    bases = _bases(path)
+    missing = [b for b in bases if not b.startswith(_NOT_RELATIVE)
+               and not os.path.exists(os.path.join(os.path.dirname(path), b))]
+    if not missing:
+        cfg.merge_from_file(path)  # Detectron2's own loading (version upgrades included)
+        return
+    for base in bases:
+        if base.startswith(_NOT_RELATIVE):
+            resolved = os.path.expanduser(base)
+        else:
+            resolved = os.path.join(os.path.dirname(path), base)
+        if base in missing:
+            resolved = os.path.normpath(os.path.join(fallback_config_dir(), base))
+            if not os.path.isfile(resolved):
+                raise ConfigError(f"{path}: _BASE_ {base!r} not found next to it nor in {fallback_config_dir()}")
+        _merge_file(cfg, resolved)
+    with open(path) as f:
+        data = yaml.unsafe_load(f)  # as Detectron2 reads configs (they may hold !!python tags)
+    data.pop("_BASE_")
+    cfg.merge_from_other_cfg(type(cfg)(data))
+
+
+def _unknown_key_message(error: KeyError, cfg: CfgNode, where: str) -> str:
+    text = str(error.args[0]) if error.args else str(error)
+    key = text.split(":", 1)[1].strip() if ":" in text else text
+    known = [k for k, _ in _flat_items(cfg)]
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"unknown config key {key} {where}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _flat_items(node: CfgNode, prefix: str = ""):
+    for key, value in node.items():
+        if isinstance(value, CfgNode):
+            yield from _flat_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def load_config(config_file: str, opts: List[str]) -> CfgNode:
+    """The full config (Detectron2 defaults, MGD keys, ``config_file``, then ``opts``)."""
+    if not config_file:
+        raise ConfigError("no config file given; pass --config-file FILE (e.g. configs/mgd_retinanet_R50_R18_FPN_1x.yaml)")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file {config_file} not found")
+    cfg = add_mgd_config(get_cfg())
+    try:
+        _merge_file(cfg, config_file)
+    except KeyError as error:
+        raise ConfigError(_unknown_key_message(error, cfg, f"in {config_file}")) from None
+    except (ValueError, AssertionError, yaml.YAMLError, OSError) as error:
+        raise ConfigError(f"cannot load {config_file}: {' '.join(str(error).split())}") from None
+    if len(opts) % 2:
+        raise ConfigError(f"the KEY VALUE overrides must come in pairs; got {len(opts)} words: {' '.join(opts)}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except KeyError as error:
+        raise ConfigError(_unknown_key_message(error, cfg, "on the command line")) from None
+    except AssertionError as error:
+        if str(error).startswith("Non-existent key"):  # fvcore's message for a key path not in cfg
+            raise ConfigError(_unknown_key_message(KeyError(str(error)), cfg, "on the command line")) from None
+        raise ConfigError(f"bad override on the command line: {' '.join(str(error).split())}") from None
+    except ValueError as error:
+        raise ConfigError(f"bad override on the command line: {' '.join(str(error).split())}") from None
+    return cfg
+
+
+def _check_net(where: str, depth: int, res2_out_channels: int, norm: str, stage_last_norm: str) -> None:
+    if depth not in DEPTH_LAYOUTS:
+        raise ConfigError(f"{where}.DEPTH {depth} is not a ResNet depth; use one of {sorted(DEPTH_LAYOUTS)}")
+    if depth in (18, 34) and res2_out_channels != 64:
+        raise ConfigError(f"{where}.RES2_OUT_CHANNELS must be 64 for R{depth}, got {res2_out_channels}")
+    if norm not in NORMS:
+        raise ConfigError(f"{where}.NORM {norm!r} is not a norm; use one of {', '.join(NORMS)}")
+    if stage_last_norm and stage_last_norm not in NORMS:
+        raise ConfigError(f"{where}.STAGE_LAST_NORM {stage_last_norm!r} is not a norm; use \"\" or one of "
+                          f"{', '.join(NORMS)}")
+
+
+def _check_mgd_keys(cfg: CfgNode) -> None:
+    mgd = cfg.MGD
+    names = list(DEFAULT_POSITION_NAMES)
+    if mgd.REDUCER not in REDUCERS:
+        raise ConfigError(f"MGD.REDUCER {mgd.REDUCER!r} is not a reducer; use one of {', '.join(REDUCERS)}")
+    ignored = list(mgd.IGNORE_INDS)
+    bad = [i for i in ignored if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(names)]
+    if bad:
+        raise ConfigError(f"MGD.IGNORE_INDS {ignored}: indices must be in 0..{len(names) - 1} "
+                          f"(positions {', '.join(names)})")
+    if set(ignored) >= set(range(len(names))):
+        raise ConfigError(f"MGD.IGNORE_INDS {ignored} leaves no position to distil")
+    factors = list(mgd.LOSS_FACTORS)
+    if len(factors) != len(names):
+        raise ConfigError(f"MGD.LOSS_FACTORS needs {len(names)} entries ({', '.join(names)}), got {len(factors)}")
+    for i, name in enumerate(names):
+        if i not in ignored and not (isinstance(factors[i], (int, float)) and factors[i] > 0):
+            raise ConfigError(f"MGD.LOSS_FACTORS[{i}] ({name}) is {factors[i]!r} but {name} is distilled: "
+                              f"it must be > 0 (or add {i} to MGD.IGNORE_INDS)")
+    for role in ("TEACHER", "STUDENT"):
+        net = mgd[role]
+        _check_net(f"MGD.{role}", net.DEPTH, net.RES2_OUT_CHANNELS, net.NORM, net.STAGE_LAST_NORM)
+    try:
+        _check_schedule(list(mgd.UPDATE_FREQ), list(mgd.UPDATE_SLOW_STEP))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if mgd.UPDATE_ITER < 1:
+        raise ConfigError(f"MGD.UPDATE_ITER must be >= 1 (batches per matching pass), got {mgd.UPDATE_ITER}")
+    if mgd.REFERENCE_WORLD_SIZE < 0:
+        raise ConfigError(f"MGD.REFERENCE_WORLD_SIZE must be >= 0, got {mgd.REFERENCE_WORLD_SIZE}")
+
+
+def _weights_hint(mgd: bool, eval_only: bool) -> str:
+    if eval_only:
+        return "split a distillation run's student with `make convert-all`, or pass a .pth/.pkl checkpoint"
+    if mgd:
+        return "make the merged teacher/student checkpoint with `make merge`"
+    return "get the ImageNet weights with `make weights`"
+
+
+def check_config(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = False,
+                 probe: bool = False, resume: bool = False) -> None:
+    """Refuse a config that would fail later or give a wrong answer (module docstring)."""
+    mgd = is_mgd_config(cfg)
+    if eval_teacher and not (eval_only and mgd):
+        raise ConfigError("--eval-teacher needs --eval-only and an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
+    if probe and not mgd:
+        raise ConfigError("--probe-loss-factors needs an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
+    if mgd:
+        _check_mgd_keys(cfg)
+    else:
+        resnets = cfg.MODEL.RESNETS
+        _check_net("MODEL.RESNETS", resnets.DEPTH, resnets.RES2_OUT_CHANNELS, resnets.NORM,
+                   resnets.get("STAGE_LAST_NORM", ""))
+
+    weights = cfg.MODEL.WEIGHTS
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return  # the run continues from its own last checkpoint; MODEL.WEIGHTS is not read
+    if not weights:
+        if eval_only or probe or mgd:
+            raise ConfigError("MODEL.WEIGHTS is empty: this run needs trained weights; "
+                              + _weights_hint(mgd and not eval_only, eval_only))
+        return  # a base training from random initialisation
+    if weights.startswith(_DOWNLOADED):
+        return  # a URL or a catalog name: Detectron2 downloads it
+    if not os.path.isfile(weights):
+        raise ConfigError(f"MODEL.WEIGHTS {weights} not found; {_weights_hint(mgd and not eval_only, eval_only)}")
+
