@@ -77,12 +77,30 @@ def _format_seconds(seconds: float) -> str:
 class MGDMatchingHook(HookBase):
     """Before the scheduled steps: margins (first step of the run) and a matching pass.
 
-    The pass draws ``MGD.UPDATE_ITER`` batches from the trainer's training data iterator and
-    runs both networks in eval mode without grad. It logs progress with an ETA, puts the mean
-    matched cost per position into the event storage as ``mgd/cost_<position>`` (plus
-    ``mgd/matching_iter`` and ``mgd/matching_seconds``; so they reach metrics.json and
-    TensorBoard) and, on the main process, appends one JSON line per update to
-    ``OUTPUT_DIR/mgd_matching.json``.
+    The pass draws ``MGD.UPDATE_ITER`` batches from the trainer's training data iterator (so
+    the training steps after it see the batches that follow) and runs both networks in eval
+    mode without grad. It logs progress with an ETA, puts the mean matched cost per position
+    into the event storage as ``mgd/cost_<position>`` (plus ``mgd/matching_iter`` and
+    ``mgd/matching_seconds``; so they reach metrics.json and TensorBoard) and, on the main
+    process, appends one JSON line per update to ``OUTPUT_DIR/mgd_matching.json``.
+
+    Why the heavy pass sits in ``before_step``, against :class:`HookBase`'s convention that
+    ``before_step`` takes negligible time:
+
+    * The step's distillation loss reads the margins and the assignment, so they must be in
+      place before ``run_step`` of the scheduled iteration. At the first iteration of a run
+      (start or resume) nothing earlier in this process could have built them: margins and
+      matching are never checkpointed, and there is no preceding ``after_step``.
+      ``before_step`` of iteration ``i`` is the one place where "before step ``i``", the rule
+      of :func:`matching_update_due`, holds for both the first and the later updates.
+    * The convention protects :class:`~detectron2.engine.hooks.IterationTimer`, which times a
+      step from its own ``before_step`` to its ``after_step``. ``MGDTrainer.build_hooks``
+      inserts this hook first, ahead of the timer, so the pass runs before the step timer
+      starts: it is not in the ``time`` scalar nor in "Overall training speed" (the final
+      "Total training time" counts it under "on hooks", past the timer's warm-up). The
+      printed training ETA (``time`` x iterations left) therefore leaves out the passes
+      still to come; the pass logs its own ETA, and ``mgd/matching_seconds`` records each
+      pass's duration.
     """
 
     def __init__(self, cfg, log_every: int = 0):
@@ -100,6 +118,7 @@ class MGDMatchingHook(HookBase):
         self._latest_scalars = {}
 
     def before_step(self):
+        # heavy on scheduled iterations, by design: see the class docstring
         trainer = self.trainer
         if not matching_update_due(trainer.iter, trainer.start_iter, self.update_freq, self.slow_steps):
             return
