@@ -11,10 +11,7 @@
 * upstream's ``SOLVER.REFERENCE_WORLD_SIZE`` auto-scaling applied to the MGD schedule too
   (``scale_to_world_size``), and the distillation divisor (``MGD.REFERENCE_WORLD_SIZE``)
   stated once in the log;
-* ``MGDCheckpointer``: checkpoints are read as data (restricted unpickling of ``.pkl``,
-  ``torch.load(weights_only=True)`` for ``.pth``; ``mgd.checkpoint``), with
-  one-line errors for bad files, and optionally a key prefix stripped (evaluating
-  ``s_net.``/``t_net.`` out of a distillation checkpoint).
+* ``MGDCheckpointer`` (``mgd_checkpointer``): checkpoints read as data and loaded strictly.
 """
 import logging
 import os
@@ -23,8 +20,8 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine.defaults import DefaultTrainer
+from detectron2.engine.mgd_checkpointer import MGDCheckpointer, strip_prefix
 from detectron2.engine.mgd_hooks import MGDMatchingHook
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling.meta_arch.mgd_retinanet import autocast
@@ -32,52 +29,9 @@ from detectron2.utils import comm
 
 from mgd.config import distillation_divisor, is_mgd_config
 
-from mgd.checkpoint import CheckpointError, load_checkpoint_object
-
 __all__ = ["MGDTrainer", "MGDCheckpointer", "strip_prefix"]
 
 logger = logging.getLogger("detectron2.mgd")
-
-
-def strip_prefix(state: dict, prefix: str) -> dict:
-    """Keep the keys starting with ``prefix``, without it; unchanged if none does."""
-    if not prefix or not any(k.startswith(prefix) for k in state):
-        return state
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-class MGDCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that reads checkpoints as data and can strip a key prefix."""
-
-    def __init__(self, model, save_dir="", *, strip_prefix: str = "", **kwargs):
-        super().__init__(model, save_dir, **kwargs)
-        self.strip_prefix = strip_prefix
-
-    def load(self, path, checkpointables=None):
-        if path and "://" not in path and not os.path.isfile(path):  # fvcore would assert
-            raise CheckpointError(f"MODEL.WEIGHTS {path!r} does not exist; check the path "
-                                  "(make weights / make merge write the usual inputs)")
-        return super().load(path, checkpointables)
-
-    def _load_file(self, filename):
-        data = load_checkpoint_object(filename, "MODEL.WEIGHTS" if filename.endswith(".pkl") else "checkpoint")
-        if not isinstance(data, dict):
-            raise CheckpointError(f"checkpoint {filename!r} holds a {type(data).__name__}, not a dict")
-        if filename.endswith(".pkl"):
-            if "model" in data and "__author__" in data:
-                self.logger.info(f"Reading a file from '{data['__author__']}'")
-            else:  # Caffe2 / Detectron1 model zoo layout, as upstream
-                blobs = data.get("blobs", data)
-                blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
-                data = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
-        elif "model" not in data:
-            data = {"model": data}
-        if self.strip_prefix:
-            before = len(data["model"])
-            data["model"] = strip_prefix(data["model"], self.strip_prefix)
-            if len(data["model"]) != before:
-                self.logger.info(f"Using the {len(data['model'])} '{self.strip_prefix}*' tensors of {filename}")
-        return data
 
 
 class MGDTrainer(DefaultTrainer):

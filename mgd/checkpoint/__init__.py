@@ -4,6 +4,7 @@
   (``torch.load(weights_only=True)``) files without running code from them;
 * :mod:`.format` knows the teacher/student layout (``t_net.*``, ``s_net.*``), reads a
   ResNet's depth from key names, validates, merges and splits;
+* :mod:`.strict` decides which checkpoint may start which run (kind, depth, shapes);
 * :mod:`.writing` checks output paths early and writes atomically.
 
 Every user-caused problem raises :class:`CheckpointError` with a one-line message.
@@ -37,6 +38,16 @@ from .loading import (
     restricted_loads,
     to_numpy,
 )
+from .strict import (
+    CLASSIFIER_KEYS,
+    ROLES,
+    check_checkpoint_role,
+    checkpoint_kind,
+    match_keys,
+    plan_load,
+    shapes_of,
+    strip_prefix,
+)
 from .writing import atomic_write, check_output_path, human_size, save_d2_pickle
 
 __all__ = [
@@ -67,4 +78,12 @@ __all__ = [
     "merge_teacher_student",
     "split_distilled",
     "convert_distilled",
+    "ROLES",
+    "CLASSIFIER_KEYS",
+    "checkpoint_kind",
+    "strip_prefix",
+    "shapes_of",
+    "check_checkpoint_role",
+    "match_keys",
+    "plan_load",
 ]
