@@ -91,10 +91,25 @@ test: install ## build Detectron2 when possible, then run every test (Detectron2
 	    $(MAKE) --no-print-directory overlay; \
 	else echo "Detectron2 tests will be skipped: the pinned checkout could not be built (see the error above)"; fi
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	@if ls $(D2_PACKAGE)/_C*.so >/dev/null 2>&1; then $(MAKE) --no-print-directory test-detectron2; fi
 
 .PHONY: test-fast
 test-fast: ## run the tests without the slow end-to-end ones
 	$(MAKE) --no-print-directory test PYTEST_ARGS='-m "not slow" $(PYTEST_ARGS)'
+
+.PHONY: test-detectron2
+test-detectron2: ## the pin's own tests/ (~30 s); fails on a failure not in tests/detectron2_expected_failures.txt
+	@test -n "$(D2_BUILT)" || { echo "error: Detectron2 is not built; run 'make detectron2' first" >&2; exit 2; }
+	$(PYTHON) scripts/run_detectron2_tests.py $(DETECTRON2_DIR) tests/detectron2_expected_failures.txt
+
+CUDA_CHECK_DIR   ?= build/cuda-check/detectron2
+CUDA_CHECK_ARCHS ?= 9.0
+CUDA_CHECK_JOBS  ?= 1
+.PHONY: check-cuda-build
+check-cuda-build: ## FORCE_CUDA=1 build of a copy in build/cuda-check (no GPU needed, ~8 min); checks every .cu compiled and _C reports CUDA
+	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST='$(CUDA_CHECK_ARCHS)' MAX_JOBS=$(CUDA_CHECK_JOBS) bash scripts/get_detectron2.sh \
+	    $(CUDA_CHECK_DIR) $(if $(wildcard $(DETECTRON2_DIR)/.git),$(DETECTRON2_DIR),$(DETECTRON2_REPO)) $(DETECTRON2_COMMIT)
+	$(PYTHON) scripts/check_cuda_build.py $(CUDA_CHECK_DIR)
 
 .PHONY: clean
 clean: ## remove caches (keeps detectron2/, weights/, datasets/ and outputs)
