@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Convert every *.pth of an output folder to a Detectron2 .pkl (student, or the teacher with
-# --eval-teacher), printing "old -> new" per file; exits non-zero if any conversion fails.
+# Convert every X.pth of an output folder to a Detectron2 X.pkl (the student), or with
+# --eval-teacher to X.teacher.pkl (the teacher), printing "old -> new" per file; exits non-zero
+# if any conversion fails.
 #   scripts/convert-all.sh [OUTPUT_DIR] [--eval-teacher]        (default OUTPUT_DIR: output)
 # Same loop as the original README's snippet, run in one Python process (scripts/convert_all.py).
 set -euo pipefail

@@ -3,6 +3,8 @@
 
     python scripts/convert-output-to-d2.py IN.pth OUT.pkl [--eval-teacher]
 
+(``make convert-all`` names the teacher's file ``X.teacher.pkl``, the student's ``X.pkl``.)
+
 Keeps the ``s_net.*`` keys (``t_net.*`` with --eval-teacher) without the prefix, as numpy
 arrays, in a Detectron2 pickle ``{"model": ..., "__author__": "TORCHVISION",
 "matching_heuristics": True}`` that a plain RetinaNet config can use as ``MODEL.WEIGHTS``.

@@ -4,8 +4,9 @@
     python scripts/convert_all.py [OUTPUT_DIR] [--eval-teacher]     (default OUTPUT_DIR: output)
 
 The loop of the original README, in one process: for each ``X.pth`` (sorted) it prints
-``X.pth -> X.pkl`` and writes ``X.pkl`` as scripts/convert-output-to-d2.py would (student, or
-the teacher with --eval-teacher). A file that fails is reported on one ``error:`` line and the
+``X.pth -> X.pkl`` and writes ``X.pkl`` as scripts/convert-output-to-d2.py would: the
+student, or with --eval-teacher the teacher, to ``X.teacher.pkl`` (so the two never
+overwrite each other; `make eval EVAL_TEACHER=1` reads ``model_final.teacher.pkl``). A file that fails is reported on one ``error:`` line and the
 others are still converted; the exit code is 2 if any failed (or none was found).
 """
 
@@ -29,6 +30,11 @@ def build_parser():
     return p
 
 
+def converted_name(name: str, eval_teacher: bool = False) -> str:
+    """``X.pth`` -> ``X.pkl`` (student) or ``X.teacher.pkl`` (teacher)."""
+    return name[: -len(".pth")] + (".teacher.pkl" if eval_teacher else ".pkl")
+
+
 def convert_all(output_dir, eval_teacher=False, out=sys.stdout, err=sys.stderr):
     """Returns the list of files that failed. Raises CheckpointError if nothing to do."""
     if not os.path.isdir(output_dir):
@@ -42,7 +48,7 @@ def convert_all(output_dir, eval_teacher=False, out=sys.stdout, err=sys.stderr):
                               "first or pass its OUTPUT_DIR")
     failed = []
     for name in names:
-        new = name[: -len(".pth")] + ".pkl"
+        new = converted_name(name, eval_teacher)
         print(f"{name} -> {new}", file=out, flush=True)
         try:
             summary = convert_distilled(os.path.join(output_dir, name),

@@ -10,6 +10,8 @@ Detectron2's tools/convert-torchvision-to-d2.py (``stem.*``, ``res2.*`` ... keys
 saved as ``s_net.backbone.bottom_up.<key>``. OUT is a Detectron2 pickle
 ``{"model": ..., "__author__": "TORCHVISION", "matching_heuristics": True}`` for
 ``MODEL.WEIGHTS`` of the MGD training. Inputs are read as data only; OUT is written atomically.
+If either input carries the random-initialisation mark (``make weights RANDOM_INIT=1``), so
+does OUT, and the MGD run says so in its log.
 """
 
 import os
@@ -22,9 +24,11 @@ from mgd.checkpoint import (  # noqa: E402
     STUDENT_BACKBONE_PREFIX,
     TEACHER_PREFIX,
     check_output_path,
+    extract_state_dict,
     human_size,
+    is_random_init,
     layout_text,
-    load_checkpoint,
+    load_checkpoint_object,
     merge_teacher_student,
     save_d2_pickle,
     validate_student,
@@ -54,18 +58,24 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_output_path(args.output, inputs=[args.teacher, args.student])
 
-    teacher = load_checkpoint(args.teacher, what="teacher")
+    teacher_file = load_checkpoint_object(args.teacher, what="teacher")
+    teacher = extract_state_dict(teacher_file, args.teacher, what="teacher")
     validate_teacher(teacher, args.teacher, args.teacher_depth)
-    student = load_checkpoint(args.student, what="student")
+    student_file = load_checkpoint_object(args.student, what="student")
+    student = extract_state_dict(student_file, args.student, what="student")
     validate_student(student, args.student, args.student_depth)
 
     merged = merge_teacher_student(teacher, student)
-    size = save_d2_pickle(merged, args.output)
+    random_init = [name for name, obj in (("teacher", teacher_file), ("student", student_file))
+                   if is_random_init(obj)]
+    size = save_d2_pickle(merged, args.output, random_init=bool(random_init))
     print(f"teacher {args.teacher}: {len(teacher)} tensors -> {TEACHER_PREFIX}* "
           f"(RetinaNet, {layout_text(teacher, 'backbone.bottom_up.')})")
     print(f"student {args.student}: {len(student)} tensors -> {STUDENT_BACKBONE_PREFIX}* "
           f"({layout_text(student)})")
-    print(f"wrote {args.output}: {len(merged)} tensors, {human_size(size)}")
+    print(f"wrote {args.output}: {len(merged)} tensors, {human_size(size)}"
+          + (f"; marked as random init (the {' and '.join(random_init)} descend from "
+             "RANDOM_INIT=1 weights)" if random_init else ""))
     return 0
 
 

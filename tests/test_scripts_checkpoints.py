@@ -166,7 +166,15 @@ def test_convert_all_eval_teacher(tmp_path):
     write_pickle(tmp_path / "model_final.pth", d2_pickle(model))  # content is sniffed
     proc = run_script("convert_all.py", tmp_path, "--eval-teacher")
     assert proc.returncode == 0, proc.stderr
-    assert_same_arrays(read_d2(tmp_path / "model_final.pkl"), teacher)
+    assert "model_final.pth -> model_final.teacher.pkl" in proc.stdout.splitlines()
+    assert_same_arrays(read_d2(tmp_path / "model_final.teacher.pkl"), teacher)
+    assert not (tmp_path / "model_final.pkl").exists()
+    # the student's conversion, before or after, never overwrites the teacher's (or the reverse)
+    assert run_script("convert_all.py", tmp_path).returncode == 0
+    assert_same_arrays(read_d2(tmp_path / "model_final.pkl"), student)
+    assert_same_arrays(read_d2(tmp_path / "model_final.teacher.pkl"), teacher)
+    assert run_script("convert_all.py", tmp_path, "--eval-teacher").returncode == 0
+    assert_same_arrays(read_d2(tmp_path / "model_final.pkl"), student)
 
 
 def test_random_torchvision_weights_are_deterministic_and_convertible(tmp_path, capsys):

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from .errors import CheckpointError
-from .loading import load_checkpoint, to_numpy
+from .loading import extract_state_dict, is_random_init, load_checkpoint_object, to_numpy
 from .writing import check_output_path, human_size, save_d2_pickle
 
 __all__ = [
@@ -209,12 +209,15 @@ def split_distilled(sd: Mapping[str, Any], path="checkpoint", eval_teacher: bool
 def convert_distilled(src, dst, eval_teacher: bool = False) -> str:
     """Split one distillation checkpoint into a Detectron2 pickle; return a summary line."""
     check_output_path(dst, inputs=[src])
-    sd = load_checkpoint(src, what="checkpoint")
+    obj = load_checkpoint_object(src, what="checkpoint")
+    sd = extract_state_dict(obj, src, what="checkpoint")
     kept, dropped = split_distilled(sd, src, eval_teacher=eval_teacher)
-    size = save_d2_pickle(kept, dst)
+    random_init = is_random_init(obj)
+    size = save_d2_pickle(kept, dst, random_init=random_init)
     prefix = TEACHER_PREFIX if eval_teacher else STUDENT_PREFIX
     role = "teacher" if eval_teacher else "student"
     others = ", ".join(f"{g}* {n}" for g, n in sorted(dropped.items())) or "nothing"
     return (f"{src} -> {dst}: {len(kept)} {role} tensors ({prefix}* without the prefix), "
-            f"{human_size(size)}; left out {others}")
+            f"{human_size(size)}; left out {others}"
+            + ("; marked as descending from random init" if random_init else ""))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .errors import CheckpointError, short_exception as _short
-from .loading import to_numpy
+from .loading import RANDOM_INIT_KEY, to_numpy
 
 __all__ = ["check_output_path", "atomic_write", "save_d2_pickle", "human_size"]
 
@@ -83,10 +83,13 @@ def atomic_write(path, write: Callable[[io.BufferedWriter], None], what: str = "
         raise
 
 
-def save_d2_pickle(model_dict: Mapping[str, Any], path, author: str = "TORCHVISION") -> int:
+def save_d2_pickle(model_dict: Mapping[str, Any], path, author: str = "TORCHVISION",
+                   random_init: bool = False) -> int:
     """Write ``{"model": numpy arrays, "__author__": author, "matching_heuristics": True}``.
 
-    Atomic (temporary file + rename). Returns the number of bytes written.
+    ``random_init`` adds the marker ``"__random_init__": True`` (weights that descend from a
+    random initialisation, not ImageNet). Atomic (temporary file + rename). Returns the
+    number of bytes written.
     """
     model = {}
     for key, value in model_dict.items():
@@ -96,6 +99,8 @@ def save_d2_pickle(model_dict: Mapping[str, Any], path, author: str = "TORCHVISI
             raise CheckpointError(f"cannot save entry {key!r}: it is a "
                                   f"{type(value).__name__}, not an array") from None
     payload = {"model": model, "__author__": author, "matching_heuristics": True}
+    if random_init:
+        payload[RANDOM_INIT_KEY] = True
     data = pickle.dumps(payload, protocol=4)
     atomic_write(path, lambda f: f.write(data))
     return len(data)
