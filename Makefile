@@ -16,15 +16,18 @@ OUTPUT_DIR        ?= output
 WEIGHTS_DIR       ?= weights
 OPTS              ?=
 PYTEST_ARGS       ?=
-# Weights: ImageNet torchvision ResNets, downloaded (RANDOM_INIT=1: random init, no download).
+# Weights: ImageNet torchvision ResNets, downloaded (RANDOM_INIT=1: random init, no download;
+# such files carry a mark that `make weights` and every run read).
 RANDOM_INIT       ?=
+WEIGHTS_KIND       = $(if $(RANDOM_INIT),random,pretrained)
 # Distillation inputs and outputs.
 TEACHER           ?= $(OUTPUT_DIR)/base-R50/model_final.pth
 STUDENT           ?= $(WEIGHTS_DIR)/r-18.pkl
 MERGED            ?= $(WEIGHTS_DIR)/T50-S18.pkl
 MGD_OUTPUT        ?= $(OUTPUT_DIR)/mgd
 EVAL_TEACHER      ?=
-EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final.pkl
+# convert-all writes the student to X.pkl and, with EVAL_TEACHER=1, the teacher to X.teacher.pkl
+EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final$(if $(EVAL_TEACHER),.teacher).pkl
 EVAL_OUTPUT       ?= $(MGD_OUTPUT)/eval$(if $(EVAL_TEACHER),-teacher)
 DEMO_DIR          ?= output/demo
 # Your own COCO-format sets: NAME JSON IMAGE_ROOT triples, registered for base/distill/eval
@@ -123,7 +126,11 @@ weights: ## get torchvision R18/R50 (download; RANDOM_INIT=1 for random init) an
 	@test -n "$(D2_BUILT)" || { echo "error: Detectron2 is not built; run 'make detectron2' first" >&2; exit 2; }
 	@mkdir -p $(WEIGHTS_DIR); for depth in 18 50; do \
 	    pkl=$(WEIGHTS_DIR)/r-$$depth.pkl; pth=$(WEIGHTS_DIR)/resnet$$depth$(if $(RANDOM_INIT),-random).pth; \
-	    if [ -e $$pkl ]; then echo "$$pkl exists, kept"; continue; fi; \
+	    if [ -e $$pkl ]; then \
+	        kind=$$($(PYTHON) scripts/random_init_marker.py show $$pkl); \
+	        if [ "$$kind" = $(WEIGHTS_KIND) ]; then echo "$$pkl exists ($$kind weights), kept"; continue; fi; \
+	        $(if $(RANDOM_INIT),echo "error: $$pkl holds ImageNet weights; put random-init ones in another folder: make weights RANDOM_INIT=1 WEIGHTS_DIR=weights/random" >&2; exit 2;,echo "$$pkl holds random-init weights (made with RANDOM_INIT=1): replacing them with the ImageNet ones";) \
+	    fi; \
 	    if [ ! -e $$pth ]; then \
 	        if [ -n "$(RANDOM_INIT)" ]; then cmd="$(PYTHON) scripts/make_random_torchvision_weights.py --depth $$depth $$pth"; \
 	        else cmd="$(PYTHON) scripts/download_torchvision_resnet.py --depth $$depth $$pth"; fi; \
@@ -131,7 +138,8 @@ weights: ## get torchvision R18/R50 (download; RANDOM_INIT=1 for random init) an
 	    fi; \
 	    echo "+ $(PYTHON) $(DETECTRON2_DIR)/tools/convert-torchvision-to-d2.py $$pth $$pkl"; \
 	    $(PYTHON) $(DETECTRON2_DIR)/tools/convert-torchvision-to-d2.py $$pth $$pkl.part > $$pkl.log; \
-	    mv $$pkl.part $$pkl; echo "converted $$pth -> $$pkl ($$(grep -c -- '->' $$pkl.log) tensors)"; rm $$pkl.log; \
+	    $(if $(RANDOM_INIT),$(PYTHON) scripts/random_init_marker.py mark $$pkl.part > /dev/null;) \
+	    mv $$pkl.part $$pkl; echo "converted $$pth -> $$pkl ($$(grep -c -- '->' $$pkl.log) tensors$(if $(RANDOM_INIT),; marked random-init))"; rm $$pkl.log; \
 	done
 
 .PHONY: base
@@ -149,7 +157,7 @@ distill: check-distill overlay ## distil the student from the teacher with MGD, 
 	    MODEL.WEIGHTS $(MERGED) OUTPUT_DIR $(MGD_OUTPUT) $(OPTS)
 
 .PHONY: convert-all
-convert-all: ## split the student (EVAL_TEACHER=1: teacher) out of every MGD_OUTPUT/*.pth into a .pkl
+convert-all: ## split the student out of every MGD_OUTPUT/X.pth into X.pkl (EVAL_TEACHER=1: the teacher into X.teacher.pkl)
 	PYTHON=$(PYTHON) bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
 
 .PHONY: eval
