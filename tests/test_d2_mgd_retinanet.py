@@ -10,6 +10,7 @@ pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importa
 
 import torch  # noqa: E402
 
+from mgd_reference import distilled_names, divisor_for_one_process, hooked_taps, naive_position_losses  # noqa: E402
 from test_d2_support import import_overlay, load_cfg, synthetic_batch  # noqa: E402
 
 import_overlay()
@@ -137,45 +138,18 @@ def test_one_forward_per_network_and_no_teacher_head(tmp_path, ignore, teacher_f
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_distill"}
 
 
-def _hooked_taps(net, images, fpn_positions):
-    """The original's way of reading features: a separate backbone pass, with hooks on
-    upstream's blocks (conv path output + block input) - independent of the MGD taps."""
-    bottom_up = net.backbone.bottom_up
-    got, handles = {}, []
-    for stage, name in bottom_up.stages_and_names:
-        block = stage[-1]
-        last_conv = block.conv3 if hasattr(block, "conv3") else block.conv2
-        handles.append(last_conv.register_forward_hook(
-            lambda m, i, o, name=name: got.__setitem__(name + "/conv", o.clone())))
-        handles.append(block.register_forward_pre_hook(
-            lambda m, i, name=name: got.__setitem__(name + "/in", i[0].clone())))
-    try:
-        out = net.backbone(images) if fpn_positions else bottom_up(images)
-    finally:
-        for h in handles:
-            h.remove()
-    taps = {}
-    for stage, name in bottom_up.stages_and_names:
-        x = got[name + "/in"]
-        shortcut = x if stage[-1].shortcut is None else stage[-1].shortcut(x)
-        taps[f"{name}_prerelu"] = got[name + "/conv"] + shortcut
-    if fpn_positions:
-        taps.update(out)
-    return taps
-
-
-def _naive_step(model, batch):
-    """The original's double pass: student full forward + its backbone again; teacher full
-    inference (NMS included, result dropped) + its backbone again."""
-    d = model.distiller
-    fpn = model._need_fpn
+def _naive_step(model, cfg, batch):
+    """The original's double pass, with the reference's own taps, margins, reduction and loss:
+    student full forward + its backbone again (hooked); teacher full inference (NMS included,
+    result dropped) + its backbone again (hooked). Only the assignments come from the model."""
+    names = distilled_names(cfg)
     det = model.s_net(batch)
-    s_taps = _hooked_taps(model.s_net, model.s_net.preprocess_image(batch).tensor, fpn)
+    s_taps = hooked_taps(model.s_net, model.s_net.preprocess_image(batch).tensor, names)
     with torch.no_grad():
         model.t_net(batch)  # eval-mode inference, dropped
-        t_taps = _hooked_taps(model.t_net, model.t_net.preprocess_image(batch).tensor, fpn)
-    per = d(model._position_list(s_taps), model._position_list(t_taps))
-    det["loss_distill"] = sum(per.values()) / model.ims_per_batch
+        t_taps = hooked_taps(model.t_net, model.t_net.preprocess_image(batch).tensor, names)
+    per = naive_position_losses(model, cfg, s_taps, t_taps, model.distiller.assignments())
+    det["loss_distill"] = sum(per.values()) / divisor_for_one_process(cfg)
     return det, per
 
 
@@ -186,7 +160,7 @@ def _grads(model):
 @pytest.mark.parametrize("reducer, ignore", [("amp", "[4, 5, 6, 7, 8]"), ("sm", "[4, 5, 6, 7, 8]"),
                                              ("amp", "[3, 5, 6, 7, 8]")])
 def test_one_pass_equals_the_original_double_pass(tmp_path, reducer, ignore):
-    _, model = _model(tmp_path, ["MGD.REDUCER", reducer, "MGD.IGNORE_INDS", ignore])
+    cfg, model = _model(tmp_path, ["MGD.REDUCER", reducer, "MGD.IGNORE_INDS", ignore])
     _randomise_norms(model.t_net, 1)
     _randomise_norms(model.s_net, 2)
     _random_matching(model)
@@ -203,7 +177,7 @@ def test_one_pass_equals_the_original_double_pass(tmp_path, reducer, ignore):
 
     model.s_net.loss_normalizer = normalizer
     with EventStorage():
-        ref_losses, ref_per = _naive_step(model, copy.deepcopy(batch))
+        ref_losses, ref_per = _naive_step(model, cfg, copy.deepcopy(batch))
         sum(ref_losses.values()).backward()
     ref = _grads(model)
 
@@ -211,10 +185,10 @@ def test_one_pass_equals_the_original_double_pass(tmp_path, reducer, ignore):
     for k in losses:
         torch.testing.assert_close(losses[k], ref_losses[k], rtol=1e-5, atol=1e-7)
     assert losses["loss_distill"] > 0
-    names = [model.position_names[i] for i in model.distiller.distilled_positions]
-    assert set(logged) == {f"mgd/loss_{n}" for n in names}
+    names = distilled_names(cfg)
+    assert set(logged) == {f"mgd/loss_{n}" for n in names} and set(ref_per) == set(names)
     for n in names:
-        assert logged[f"mgd/loss_{n}"] == pytest.approx(ref_per[n].item() / model.ims_per_batch, rel=1e-5)
+        assert logged[f"mgd/loss_{n}"] == pytest.approx(ref_per[n].item() / divisor_for_one_process(cfg), rel=1e-5)
     assert set(ours) == set(ref) and not any(k.startswith("t_net.") for k in ours)
     assert any(k.startswith("distiller.") for k in ours)
     for k in ref:
@@ -239,14 +213,30 @@ def test_matching_pass_runs_backbones_only(tmp_path):
     assert set(costs) == {"c2"} and 0.0 <= costs["c2"] <= 4.0
 
 
+def _detections(outputs):
+    instances = outputs[0]["instances"]
+    return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
 def test_eval_forward_runs_student_or_teacher(tmp_path):
-    _, model = _model(tmp_path)
+    """Inference gives the student's detections, or the teacher's with ``eval_teacher``: each
+    equals the same weights in a RetinaNet built on its own from the derived config. Score
+    threshold 0, so every image has detections and the comparisons can fail."""
+    cfg, model = _model(tmp_path, ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
+    standalone = {}
+    for role, net, derive in (("student", model.s_net, student_config), ("teacher", model.t_net, teacher_config)):
+        alone = build_model(derive(cfg))
+        alone.load_state_dict(net.state_dict())
+        standalone[role] = alone.eval()
     model.eval()
-    batch = synthetic_batch(1)
+    batch = [{k: v for k, v in x.items() if k != "instances"} for x in synthetic_batch(1)]
     with torch.no_grad():
-        out_s = model(batch)
+        out_s = _detections(model(batch))
         model.eval_teacher = True
-        out_t = model(batch)
-        ref_s, ref_t = model.s_net(batch), model.t_net(batch)
-    assert torch.equal(out_s[0]["instances"].scores, ref_s[0]["instances"].scores)
-    assert torch.equal(out_t[0]["instances"].scores, ref_t[0]["instances"].scores)
+        out_t = _detections(model(batch))
+        ref_s = _detections(standalone["student"](batch))
+        ref_t = _detections(standalone["teacher"](batch))
+    assert len(ref_s[1]) > 0 and len(ref_t[1]) > 0
+    for got, ref in ((out_s, ref_s), (out_t, ref_t)):
+        assert all(torch.equal(g, r) for g, r in zip(got, ref))
+    assert not torch.equal(ref_s[1], ref_t[1])  # the two networks really differ
