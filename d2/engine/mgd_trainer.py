@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from detectron2.engine.defaults import DefaultTrainer
 from detectron2.engine.mgd_checkpointer import MGDCheckpointer, strip_prefix
 from detectron2.engine.mgd_hooks import MGDMatchingHook
+from detectron2.engine.mgd_sync_check import ParameterDigestHook
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling.meta_arch.mgd_retinanet import autocast
 from detectron2.utils import comm
@@ -99,6 +100,7 @@ class MGDTrainer(DefaultTrainer):
         if is_mgd_config(self.cfg):
             # first, so that the matching pass runs before the step timer starts
             hooks.insert(0, MGDMatchingHook(self.cfg))
+        hooks.append(ParameterDigestHook())  # every rank logs its parameters' digest at the end
         return hooks
 
     def matching_hook(self):
