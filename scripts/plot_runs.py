@@ -15,7 +15,11 @@ line are tolerated. Writes into --out:
   cost of every position at each matching update (Detectron2 repeats the latest value on
   every log line, so a new point is taken whenever the costs change);
 * ``ap_comparison.png`` - AP / AP50 / AP75 bars per model, from --ap-table (the
-  summarize_results.py format) or, without it, from the runs' last ``bbox/AP*`` lines.
+  summarize_results.py format) or, without it, from the runs' last ``bbox/AP*`` lines;
+  with several runs per model, the bars are means and the error bars one standard deviation;
+* ``matched_cost_to_teacher.png`` - the mean matched cost to the teacher per position, one
+  bar per model (the plain and the MGD student), from --ap-table's "matched_cost" (error
+  bars: one standard deviation over runs); a placeholder if the table has none.
 
 Uses matplotlib's Agg backend (no display needed).
 """
@@ -30,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
 from mgd.cli import OneLineArgumentParser  # noqa: E402
-from summarize_results import METRICS, ResultsError, delta_row, load_results  # noqa: E402
+from summarize_results import (  # noqa: E402
+    METRICS, ResultsError, delta_row, load_results, models)
 
 LOSS_ORDER = ("total_loss", "loss_cls", "loss_box_reg", "loss_distill")
 COST_PREFIX = "mgd/cost_"
@@ -185,6 +190,7 @@ def ap_from_runs(runs):
 
 
 def plot_ap(plt, table, out_path, baseline="student", distilled="mgd"):
+    table = models(table)
     if not table:
         return _placeholder(plt, out_path, "no AP results yet (evaluate the models first)")
     import numpy as np
@@ -195,18 +201,60 @@ def plot_ap(plt, table, out_path, baseline="student", distilled="mgd"):
     fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(names) + 2), 4))
     for i, k in enumerate(METRICS):
         vals = [table[n].get(k) if _number(table[n].get(k)) else 0.0 for n in names]
-        bars = ax.bar(x + (i - (len(METRICS) - 1) / 2) * width, vals, width, label=k)
+        errs = [(table[n].get("std") or {}).get(k) for n in names]
+        errs = [e if _number(e) else 0.0 for e in errs]
+        bars = ax.bar(x + (i - (len(METRICS) - 1) / 2) * width, vals, width, label=k,
+                      yerr=errs if any(errs) else None, capsize=3)
         for b, v in zip(bars, vals):
             ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
                         ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x)
-    ax.set_xticklabels(names)
+    ax.set_xticklabels([f"{n}\n({table[n]['n']} runs)" if table[n].get("n") else n
+                        for n in names])
     ax.set_ylabel("COCO box AP (%)")
     title = "AP comparison"
     delta = delta_row(table, baseline, distilled)
     if delta is not None and _number(delta["AP"]):
-        title += f"  ({distilled} - {baseline}: {delta['AP']:+.2f} AP)"
+        spread = (delta.get("std") or {}).get("AP")
+        title += f"  ({distilled} - {baseline}: {delta['AP']:+.2f}"
+        title += f" ± {spread:.2f} AP)" if _number(spread) else " AP)"
     ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def plot_matched_cost(plt, table, out_path, baseline="student", distilled="mgd"):
+    """Bars per position: each model's mean matched cost to the teacher (lower = closer)."""
+    costs = table.get("matched_cost") or {}
+    if not costs:
+        return _placeholder(plt, out_path, "no matched costs in the results table "
+                                           "(scripts/measure_matched_cost.py)")
+    import numpy as np
+
+    spreads = table.get("matched_cost_std") or {}
+    names = list(costs)
+    positions = sorted({p for c in costs.values() for p in c}, key=_position_sort)
+    width = 0.8 / len(names)
+    x = np.arange(len(positions))
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(positions) + 2), 4))
+    for i, name in enumerate(names):
+        vals = [costs[name].get(p) if _number(costs[name].get(p)) else 0.0 for p in positions]
+        errs = [(spreads.get(name) or {}).get(p) for p in positions]
+        errs = [e if _number(e) else 0.0 for e in errs]
+        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=name,
+                      yerr=errs if any(errs) else None, capsize=3)
+        for b, v in zip(bars, vals):
+            ax.annotate(f"{v:.3f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(positions)
+    ax.set_xlabel("distilled position")
+    ax.set_ylabel("mean matched cost to the teacher (2 - 2 cos)")
+    ax.set_title("feature distance to the teacher on the val split (lower = closer)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -265,6 +313,8 @@ def main(argv=None):
             plot_costs(plt, runs, os.path.join(args.out, "matching_cost.png")),
             plot_ap(plt, table, os.path.join(args.out, "ap_comparison.png"),
                     args.baseline, args.distilled),
+            plot_matched_cost(plt, table, os.path.join(args.out, "matched_cost_to_teacher.png"),
+                              args.baseline, args.distilled),
         ]
     except (PlotError, ResultsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

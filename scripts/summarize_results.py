@@ -1,15 +1,16 @@
 #!/usr/bin/env python
-"""Collect COCO box AP of several models into one JSON file and print a results table.
+"""Collect COCO box AP and matched costs of several models into one JSON file; print tables.
 
     python scripts/summarize_results.py RESULTS.json [--collect NAME=SRC ...] \
-        [--baseline student] [--distilled mgd] [--markdown]
+        [--matched-cost NAME=FILE ...] [--baseline student] [--distilled mgd] [--markdown]
 
 RESULTS.json format (written by the demo; AP values in percent, as Detectron2 prints them)::
 
     {
       "teacher": {"AP": 10.66, "AP50": 20.10, "AP75": 9.65},
       "student": {"AP": 8.14,  "AP50": 17.27, "AP75": 6.14},
-      "mgd":     {"AP": 7.99,  "AP50": 17.26, "AP75": 5.32}
+      "mgd":     {"AP": 7.99,  "AP50": 17.26, "AP75": 5.32},
+      "matched_cost": {"student": {"c2": 0.736, "c3": 0.997, ...}, "mgd": {"c2": 0.558, ...}}
     }
 
 Models are printed in file order; extra keys (e.g. "APs", "weights", "iters") are kept and
@@ -20,6 +21,15 @@ row "MGD - student" gives their difference.
 SRC may be: a JSON file in the per-model form above (``{"AP": ..}``); the dict Detectron2's
 ``Trainer.test`` returns, dumped as JSON (``{"bbox": {"AP": ..}}``); or a Detectron2
 ``metrics.json`` (or its folder), whose last line holding ``bbox/AP`` is used.
+
+--matched-cost NAME=FILE adds NAME's mean matched cost per position to the teacher (2 - 2 cos,
+a scripts/measure_matched_cost.py output) under "matched_cost"; a second table prints them.
+
+Several runs of one model (seeds): give the same NAME several times. Its entry then holds the
+mean, "std" (sample standard deviation, n - 1) and the per-run values in "runs"; matched costs
+likewise ("matched_cost" holds the means, "matched_cost_std" and "matched_cost_runs" the rest).
+Runs are paired in the order given: the "MGD - student" row is the mean of the per-run
+differences, with their standard deviation.
 """
 
 import json
@@ -84,8 +94,12 @@ def read_metrics_source(src):
     return found
 
 
+#: top-level keys of RESULTS.json that are not models
+COST_KEYS = ("matched_cost", "matched_cost_std", "matched_cost_runs")
+
+
 def load_results(path, missing_ok=False):
-    """The results dict of RESULTS.json (model name -> metrics), in file order."""
+    """The results dict of RESULTS.json (model name -> metrics, plus COST_KEYS), in file order."""
     if not os.path.exists(path):
         if missing_ok:
             return OrderedDict()
@@ -102,38 +116,174 @@ def load_results(path, missing_ok=False):
     return data
 
 
+def models(results):
+    """The model rows of a results dict (without the matched-cost sections)."""
+    return OrderedDict((k, v) for k, v in results.items() if k not in COST_KEYS)
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def mean_and_std(values):
+    """(mean, sample standard deviation with n - 1; None for one value) of finite numbers;
+    (None, None) if any value is missing or not finite."""
+    if not values or not all(_number(v) for v in values):
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def aggregate(runs, keys):
+    """One entry from several runs' dicts: the mean of each key, and with several runs
+    "std" ({key: sample std}), "n" and "runs" (the dicts as given)."""
+    if len(runs) == 1:
+        return OrderedDict(runs[0])
+    entry = OrderedDict()
+    std = OrderedDict()
+    for k in keys:
+        entry[k], std[k] = mean_and_std([r.get(k) for r in runs])
+    entry.update(std=std, n=len(runs), runs=list(runs))
+    return entry
+
+
+def _runs_of(entry):
+    """The per-run dicts behind an entry (the entry itself for a single run)."""
+    return entry.get("runs") or [entry]
+
+
 def delta_row(results, baseline="student", distilled="mgd"):
-    """{metric: distilled - baseline} or None if either is missing."""
+    """{metric: distilled - baseline} or None if either is missing. With paired runs (the same
+    number of each), the mean of the per-run differences, and their sample std under "std"."""
     if baseline not in results or distilled not in results:
         return None
-    out = {}
+    base, dist = _runs_of(results[baseline]), _runs_of(results[distilled])
+    out, std = {}, {}
     for k in METRICS:
-        a, b = results[distilled].get(k), results[baseline].get(k)
-        out[k] = (a - b) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+        if len(base) == len(dist) and len(base) > 1:
+            diffs = [d.get(k) - b.get(k) if _number(d.get(k)) and _number(b.get(k)) else None
+                     for b, d in zip(base, dist)]
+            out[k], std[k] = mean_and_std(diffs)
+        else:
+            a, b = results[distilled].get(k), results[baseline].get(k)
+            out[k] = (a - b) if _number(a) and _number(b) else None
+    if std:
+        out["std"] = std
     return out
 
 
-def _fmt(v, signed=False):
-    if not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
+def _fmt(v, signed=False, std=None, digits=2):
+    if not _number(v):
         return "-"
-    return f"{v:+.2f}" if signed else f"{v:.2f}"
+    text = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if _number(std) else "")
+
+
+def _table(header, rows, markdown):
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        lines += ["| " + " | ".join([name] + vals) + " |" for name, vals in rows]
+        return "\n".join(lines)
+    width = max([len(header[0])] + [len(name) for name, _ in rows])
+    cols = [max([len(header[i + 1])] + [len(vals[i]) for _, vals in rows])
+            for i in range(len(header) - 1)]
+    lines = [f"{header[0]:<{width}}  " + "  ".join(f"{h:>{c}}" for h, c in zip(header[1:], cols))]
+    lines += [f"{name:<{width}}  " + "  ".join(f"{v:>{c}}" for v, c in zip(vals, cols))
+              for name, vals in rows]
+    return "\n".join(lines)
 
 
 def format_table(results, baseline="student", distilled="mgd", markdown=False):
-    rows = [(name, [_fmt(m.get(k)) for k in METRICS]) for name, m in results.items()]
+    """The AP table: one row per model (mean ± std over its runs), then MGD - student."""
+    rows = []
+    for name, m in models(results).items():
+        std = m.get("std") or {}
+        label = f"{name} ({m['n']} runs)" if m.get("n") else name
+        rows.append((label, [_fmt(m.get(k), std=std.get(k)) for k in METRICS]))
     delta = delta_row(results, baseline, distilled)
     if delta is not None:
         label = f"{'MGD' if distilled == 'mgd' else distilled} - {baseline}"
-        rows.append((label, [_fmt(delta[k], signed=True) for k in METRICS]))
-    if markdown:
-        lines = ["| model | " + " | ".join(METRICS) + " |",
-                 "|---|" + "---:|" * len(METRICS)]
-        lines += [f"| {name} | " + " | ".join(vals) + " |" for name, vals in rows]
-        return "\n".join(lines)
-    width = max([len("model")] + [len(name) for name, _ in rows])
-    lines = [f"{'model':<{width}}  " + "  ".join(f"{k:>7}" for k in METRICS)]
-    lines += [f"{name:<{width}}  " + "  ".join(f"{v:>7}" for v in vals) for name, vals in rows]
-    return "\n".join(lines)
+        std = delta.get("std") or {}
+        rows.append((label, [_fmt(delta[k], signed=True, std=std.get(k)) for k in METRICS]))
+    return _table(["model"] + list(METRICS), rows, markdown)
+
+
+def _position_key(name):
+    return (name[:1], int(name[1:]) if name[1:].isdigit() else 0, name)
+
+
+def format_cost_table(results, baseline="student", distilled="mgd", markdown=False):
+    """The matched-cost table (position rows, one column per model, the relative change of
+    ``distilled`` against ``baseline``), or "" when RESULTS has no matched costs."""
+    costs = results.get("matched_cost") or {}
+    if not costs:
+        return ""
+    spreads = results.get("matched_cost_std") or {}
+    names = list(costs)
+    positions = sorted({p for c in costs.values() for p in c}, key=_position_key)
+    rows = []
+    for p in positions:
+        vals = [_fmt(costs[n].get(p), std=(spreads.get(n) or {}).get(p), digits=3) for n in names]
+        if baseline in costs and distilled in costs:
+            a, b = costs[distilled].get(p), costs[baseline].get(p)
+            vals.append(f"{100 * (a - b) / b:+.0f} %" if _number(a) and _number(b) and b else "-")
+        rows.append((p, vals))
+    header = ["position"] + names
+    if baseline in costs and distilled in costs:
+        header.append(f"{distilled} vs {baseline}")
+    return _table(header, rows, markdown)
+
+
+def _read_cost_file(src):
+    """{position: cost} of a measure_matched_cost.py output file."""
+    try:
+        with open(src, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ResultsError(f"matched-cost file {src!r} not found; run "
+                           "scripts/measure_matched_cost.py first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"cannot read matched-cost file {src!r}: {exc}") from None
+    costs = data.get("costs") if isinstance(data, dict) else None
+    if not isinstance(costs, dict) or not costs or not all(_number(v) for v in costs.values()):
+        raise ResultsError(f"{src!r} holds no finite per-position costs "
+                           '({"costs": {"c2": .., ...}}, as measure_matched_cost.py writes)')
+    return OrderedDict(costs)
+
+
+def _pairs(items, flag):
+    """[(NAME, [SRC, ...])] in first-seen order, from NAME=SRC items (a NAME may repeat)."""
+    grouped = OrderedDict()
+    for item in items:
+        name, sep, src = item.partition("=")
+        if not sep or not name or not src:
+            raise ResultsError(f"{flag} takes NAME=SRC, got {item!r}")
+        if name in COST_KEYS:
+            raise ResultsError(f"{flag}: {name!r} is a reserved name")
+        grouped.setdefault(name, []).append(src)
+    return list(grouped.items())
+
+
+def collect(results, metric_items=(), cost_items=()):
+    """Add the --collect and --matched-cost sources to ``results`` (in place)."""
+    for name, srcs in _pairs(metric_items, "--collect"):
+        results[name] = aggregate([read_metrics_source(s) for s in srcs], METRICS)
+    for name, srcs in _pairs(cost_items, "--matched-cost"):
+        runs = [_read_cost_file(s) for s in srcs]
+        entry = aggregate(runs, list(runs[0]))
+        for key in COST_KEYS:
+            results.setdefault(key, OrderedDict()).pop(name, None)
+        if len(runs) > 1:
+            results["matched_cost_std"][name] = entry.pop("std")
+            results["matched_cost_runs"][name] = entry.pop("runs")
+            entry.pop("n")
+        results["matched_cost"][name] = entry
+    for key in COST_KEYS:  # no empty sections
+        if key in results and not results[key]:
+            del results[key]
+    return results
 
 
 def write_results(results, path):
@@ -143,30 +293,34 @@ def write_results(results, path):
 
 def build_parser():
     p = OneLineArgumentParser(prog="summarize_results.py",
-                              description="Print (and optionally collect) the AP table.")
+                              description="Print (and optionally collect) the AP and matched-cost tables.")
     p.add_argument("results", metavar="RESULTS.json")
     p.add_argument("--collect", nargs="+", action="extend", default=[], metavar="NAME=SRC",
-                   help="add NAME's metrics read from SRC to RESULTS.json first")
+                   help="add NAME's metrics read from SRC to RESULTS.json first (repeat NAME "
+                        "for several runs)")
+    p.add_argument("--matched-cost", nargs="+", action="extend", default=[], metavar="NAME=FILE",
+                   help="add NAME's matched costs (measure_matched_cost.py output) first")
     p.add_argument("--baseline", default="student", help="model subtracted in the last row")
     p.add_argument("--distilled", default="mgd", help="model the baseline is subtracted from")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        results = load_results(args.results, missing_ok=bool(args.collect))
-        if args.collect:
-            for item in args.collect:
-                name, sep, src = item.partition("=")
-                if not sep or not name or not src:
-                    raise ResultsError(f"--collect takes NAME=SRC, got {item!r}")
-                results[name] = read_metrics_source(src)
+        changes = bool(args.collect or args.matched_cost)
+        results = load_results(args.results, missing_ok=changes)
+        if changes:
+            collect(results, args.collect, args.matched_cost)
             write_results(results, args.results)
-        if not results:
+        if not models(results):
             raise ResultsError(f"results file {args.results!r} holds no models")
         print(format_table(results, args.baseline, args.distilled, args.markdown))
+        costs = format_cost_table(results, args.baseline, args.distilled, args.markdown)
+        if costs:
+            print("\nMean matched cost to the teacher (2 - 2 cos per channel; lower = closer):")
+            print(costs)
     except (ResultsError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
