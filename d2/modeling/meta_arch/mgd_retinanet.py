@@ -14,43 +14,103 @@ twice and the teacher's whole inference, NMS included, only to drop it):
 * the teacher runs under ``no_grad`` only as far as the distilled positions need: its
   bottom-up ResNet by default, its FPN only when a p position is distilled, never its head.
 
+Numerics: under mixed precision (``SOLVER.AMP.ENABLED``; the trainer runs the forward under
+``torch.autocast``) both networks' forwards are autocast, while the distillation loss,
+the margins and the matching costs are computed in float32 from float32 copies of the taps.
+
 The matching pass (:meth:`accumulate_matching`) runs both networks the same way, in eval
 mode, without grad. The trainer hook in ``detectron2.engine.mgd_hooks`` drives the schedule.
 """
 import contextlib
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from detectron2.modeling.backbone.mgd_resnet import MGDResNet, prerelu_norm, tap_key
 from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from mgd.config import student_config, teacher_config
+from mgd.config import distillation_divisor, student_config, teacher_config
 from mgd.distiller import DEFAULT_POSITION_NAMES, MGDDistiller
 
-__all__ = ["MGDRetinaNet", "position_keys"]
+__all__ = ["MGDRetinaNet", "Position", "POSITIONS", "autocast"]
 
 
-def position_keys(position_names=DEFAULT_POSITION_NAMES) -> List[str]:
-    """Feature key of each position: "cK" -> the tap "resK_prerelu", "pK" -> FPN output "pK"."""
-    keys = []
-    for name in position_names:
-        if name[0] == "c":
-            keys.append(tap_key("res" + name[1:]))
-        elif name[0] == "p":
-            keys.append(name)
-        else:
-            raise ValueError(f"unknown position {name!r}: expected cK (ResNet stage) or pK (FPN)")
-    return keys
+@dataclass(frozen=True)
+class Position:
+    """One distillation position of a RetinaNet.
+
+    Attributes:
+        name: the position's name in configs, logs and checkpoints ("c2", "p3", ...).
+        stage: the ResNet stage whose last block is tapped ("res2" ...), or "" for an FPN
+            output.
+        feature_key: the key of the feature in the backbone's outputs: the pre-ReLU tap
+            ``resK_prerelu`` of a stage, or the FPN level ``pK``.
+    """
+
+    name: str
+    stage: str
+    feature_key: str
+
+    @property
+    def is_stage(self) -> bool:
+        """True for a ResNet stage tap (its ReLU can be applied: ``MGD.PRERELU False``)."""
+        return bool(self.stage)
+
+
+def _stage(name: str, stage: str) -> Position:
+    return Position(name, stage, tap_key(stage))
+
+
+def _fpn(name: str) -> Position:
+    return Position(name, "", name)
+
+
+#: The positions of ``MGD.IGNORE_INDS``, in order (DESIGN.md): stages' pre-ReLU taps, then FPN.
+POSITIONS: Tuple[Position, ...] = (
+    _stage("c2", "res2"), _stage("c3", "res3"), _stage("c4", "res4"), _stage("c5", "res5"),
+    _fpn("p3"), _fpn("p4"), _fpn("p5"), _fpn("p6"), _fpn("p7"),
+)
+assert tuple(p.name for p in POSITIONS) == tuple(DEFAULT_POSITION_NAMES)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """``torch.autocast`` for mixed precision on ``device``: float16 on CUDA, bfloat16 on CPU.
+
+    A no-op context when ``enabled`` is False.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _float32(device: torch.device):
+    """Leave any surrounding autocast: what runs inside computes in the tensors' own dtype."""
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 @META_ARCH_REGISTRY.register()
 class MGDRetinaNet(nn.Module):
+    """A frozen RetinaNet teacher and a trainable RetinaNet student, distilled with MGD.
+
+    Training forward: the student's detection losses plus ``loss_distill``, the sum over
+    the distilled positions of each position's loss divided by its ``MGD.LOSS_FACTORS``
+    entry, divided by :attr:`loss_divisor`. Inference: the student's (or, with
+    :attr:`eval_teacher`, the teacher's) detections.
+    """
+
     def __init__(self, cfg):
+        """
+        Args:
+            cfg: a config with ``MODEL.META_ARCHITECTURE "MGDRetinaNet"``; the two RetinaNets
+                are built from ``mgd.config.teacher_config(cfg)`` / ``student_config(cfg)``.
+        """
         super().__init__()
         self.t_net = RetinaNet(teacher_config(cfg))
         self.s_net = RetinaNet(student_config(cfg))
@@ -61,8 +121,7 @@ class MGDRetinaNet(nn.Module):
         self.t_net.requires_grad_(False)
         self.t_net.eval()
 
-        self.position_names = tuple(DEFAULT_POSITION_NAMES)
-        self._keys = position_keys(self.position_names)
+        self.positions: Tuple[Position, ...] = POSITIONS
         self.distiller = MGDDistiller(
             self._channels(self.s_net),
             self._channels(self.t_net),
@@ -70,30 +129,40 @@ class MGDRetinaNet(nn.Module):
             ignore_inds=list(cfg.MGD.IGNORE_INDS),
             loss_factors=list(cfg.MGD.LOSS_FACTORS),
             norm="SyncBN" if cfg.MGD.SYNC_BN else "GN",
-            position_names=self.position_names,
+            position_names=[p.name for p in self.positions],
         )
         self.prerelu = bool(cfg.MGD.PRERELU)
-        self.ims_per_batch = int(cfg.SOLVER.IMS_PER_BATCH)
-        distilled = self.distiller.distilled_positions
-        self._wanted = {self._keys[i] for i in distilled}
-        # run the FPN only when one of its outputs is distilled
-        self._need_fpn = any(not self._keys[i].endswith("_prerelu") for i in distilled)
+        #: what the summed per-position losses are divided by (mgd.config.distillation_divisor)
+        self.loss_divisor = distillation_divisor(
+            cfg.SOLVER.IMS_PER_BATCH, cfg.MGD.REFERENCE_WORLD_SIZE, comm.get_world_size()
+        )
+        #: autocast the matching pass's forwards too (the training forward is autocast by the trainer)
+        self.amp_enabled = bool(cfg.SOLVER.AMP.ENABLED)
+        self._distilled = [self.positions[i] for i in self.distiller.distilled_positions]
+        self._wanted = {p.feature_key for p in self._distilled}
+        # run the teacher's FPN only when one of its outputs is distilled
+        self._need_fpn = any(not p.is_stage for p in self._distilled)
         #: evaluate the teacher instead of the student (``--eval-only --eval-teacher``)
         self.eval_teacher = False
 
+    @property
+    def position_names(self) -> Tuple[str, ...]:
+        return tuple(p.name for p in self.positions)
+
     # -- structure ------------------------------------------------------------------------
-    def _channels(self, net) -> List[int]:
+    def _channels(self, net: RetinaNet) -> List[int]:
         taps = net.backbone.bottom_up.tap_channels()
         fpn = {k: s.channels for k, s in net.backbone.output_shape().items()}
+        features = {**fpn, **taps}
         out = []
-        for name, key in zip(self.position_names, self._keys):
-            if key not in taps and key not in fpn:
-                raise ValueError(f"position {name}: the network has no feature {key!r}")
-            out.append(taps.get(key, fpn.get(key)))
+        for p in self.positions:
+            if p.feature_key not in features:
+                raise ValueError(f"position {p.name}: the network has no feature {p.feature_key!r}")
+            out.append(features[p.feature_key])
         return out
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return self.s_net.device
 
     def train(self, mode: bool = True):
@@ -103,9 +172,9 @@ class MGDRetinaNet(nn.Module):
 
     # -- feature taps ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def _tapping(self, net):
+    def _tapping(self, net: RetinaNet) -> Iterator[Dict[str, Tensor]]:
         """Collect the wanted features of ``net``'s backbone during the forwards inside."""
-        taps: Dict[str, torch.Tensor] = {}
+        taps: Dict[str, Tensor] = {}
         wanted = self._wanted
 
         def grab(_module, _inputs, outputs):
@@ -123,7 +192,7 @@ class MGDRetinaNet(nn.Module):
             for handle in handles:
                 handle.remove()
 
-    def _backbone_taps(self, net, batched_inputs) -> Dict[str, torch.Tensor]:
+    def _backbone_taps(self, net: RetinaNet, batched_inputs: List[dict]) -> Dict[str, Tensor]:
         """Preprocess and run ``net``'s backbone only as far as the wanted features."""
         images = net.preprocess_image(batched_inputs)
         with self._tapping(net) as taps:
@@ -133,65 +202,93 @@ class MGDRetinaNet(nn.Module):
                 net.backbone.bottom_up(images.tensor)
         return taps
 
-    def _position_list(self, taps: Dict[str, torch.Tensor]) -> List[Optional[torch.Tensor]]:
-        feats: List[Optional[torch.Tensor]] = [None] * len(self._keys)
+    def _position_list(self, taps: Dict[str, Tensor]) -> List[Optional[Tensor]]:
+        """The distiller's input: one float32 feature [N, C, H, W] per position (None if ignored).
+
+        Stage taps are ReLU'd here when ``MGD.PRERELU`` is False.
+        """
+        feats: List[Optional[Tensor]] = [None] * len(self.positions)
         for i in self.distiller.distilled_positions:
-            feat = taps[self._keys[i]]
-            if not self.prerelu and self._keys[i].endswith("_prerelu"):
+            position = self.positions[i]
+            feat = taps[position.feature_key].float()
+            if position.is_stage and not self.prerelu:
                 feat = F.relu(feat)
             feats[i] = feat
         return feats
 
     # -- training / inference -------------------------------------------------------------
-    def forward(self, batched_inputs):
+    def forward(self, batched_inputs: List[dict]):
+        """
+        Args:
+            batched_inputs: Detectron2's list of dicts (``image`` [3, H, W], ``instances``
+                for training), as for :class:`RetinaNet`.
+
+        Returns:
+            training: dict of scalar losses: the student's ``loss_cls``, ``loss_box_reg``
+            and ``loss_distill``; the per-position losses (divided by :attr:`loss_divisor`)
+            go to the event storage as ``mgd/loss_<position>``.
+            inference: the student's (teacher's with :attr:`eval_teacher`) list of
+            ``{"instances": Instances}``.
+        """
         if not self.training:
             return (self.t_net if self.eval_teacher else self.s_net)(batched_inputs)
         with self._tapping(self.s_net) as s_taps:
             losses = self.s_net(batched_inputs)
         with torch.no_grad():
             t_taps = self._backbone_taps(self.t_net, batched_inputs)
-        per_position = self.distiller(self._position_list(s_taps), self._position_list(t_taps))
+        with _float32(self.device):
+            per_position = self.distiller(self._position_list(s_taps), self._position_list(t_taps))
         storage = get_event_storage()
         for name, value in per_position.items():
-            storage.put_scalar(f"mgd/loss_{name}", value.detach().item() / self.ims_per_batch)
-        losses["loss_distill"] = sum(per_position.values()) / self.ims_per_batch
+            storage.put_scalar(f"mgd/loss_{name}", value.detach().item() / self.loss_divisor)
+        losses["loss_distill"] = sum(per_position.values()) / self.loss_divisor
         return losses
 
-    def distillation_losses(self, batched_inputs) -> Dict[str, torch.Tensor]:
-        """Per-position losses (after factor, before the batch division) of one batch, no grad.
+    @torch.no_grad()
+    def distillation_losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
+        """Per-position losses of one batch (after factor, before :attr:`loss_divisor`).
 
-        For the loss-factor probe; runs both backbones in the current mode.
+        For the loss-factor probe; runs both backbones in the current mode, without grad.
         """
-        with torch.no_grad():
-            s_taps = self._backbone_taps(self.s_net, batched_inputs)
-            t_taps = self._backbone_taps(self.t_net, batched_inputs)
+        s_taps, t_taps = self._both_taps(batched_inputs)
+        with _float32(self.device):
             return self.distiller(self._position_list(s_taps), self._position_list(t_taps))
 
     # -- margins and matching (called by the trainer hook) --------------------------------
-    def teacher_affines(self):
-        """(gamma, beta) of the teacher norm before each c position's ReLU; None for FPN."""
+    def teacher_affines(self) -> List[Optional[Tuple[Tensor, Tensor]]]:
+        """(gamma [tc], beta [tc]) of the teacher norm before each stage position's ReLU;
+        None for FPN positions (a fresh norm: margins from gamma 1, beta 0)."""
         blocks = self.t_net.backbone.bottom_up.last_blocks()
-        affines = []
-        for name in self.position_names:
-            if name[0] == "c":
-                norm = prerelu_norm(blocks["res" + name[1:]])
-                affines.append((norm.weight.detach(), norm.bias.detach()))
+        affines: List[Optional[Tuple[Tensor, Tensor]]] = []
+        for p in self.positions:
+            if p.is_stage:
+                norm = prerelu_norm(blocks[p.stage])
+                affines.append((norm.weight.detach().float(), norm.bias.detach().float()))
             else:
                 affines.append(None)
         return affines
 
-    def update_margins(self):
+    def update_margins(self) -> None:
+        """Recompute the teacher margins from its norms (at the start of a run and on resume)."""
         self.distiller.update_margins(self.teacher_affines())
 
-    def reset_matching(self):
+    def reset_matching(self) -> None:
         self.distiller.reset_matching()
 
     @torch.no_grad()
-    def accumulate_matching(self, batched_inputs):
-        """Add one batch to the matching costs (call with the model in eval mode)."""
-        s_taps = self._backbone_taps(self.s_net, batched_inputs)
-        t_taps = self._backbone_taps(self.t_net, batched_inputs)
-        self.distiller.accumulate_matching(self._position_list(s_taps), self._position_list(t_taps))
+    def accumulate_matching(self, batched_inputs: List[dict]) -> None:
+        """Add one batch to the matching costs (call with the model in eval mode).
+
+        The forwards are autocast under ``SOLVER.AMP.ENABLED``; the costs are float32.
+        """
+        s_taps, t_taps = self._both_taps(batched_inputs)
+        with _float32(self.device):
+            self.distiller.accumulate_matching(self._position_list(s_taps), self._position_list(t_taps))
 
     def finish_matching(self) -> Dict[str, float]:
+        """Solve the assignments; returns {position: mean matched cost (2 - 2 cos)}."""
         return self.distiller.finish_matching()
+
+    def _both_taps(self, batched_inputs: List[dict]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        with autocast(self.device, self.amp_enabled):
+            return self._backbone_taps(self.s_net, batched_inputs), self._backbone_taps(self.t_net, batched_inputs)

@@ -1,0 +1,113 @@
+"""MGD.REFERENCE_WORLD_SIZE: the distillation strength does not depend on the process count.
+
+The reference: 8 GPUs x 2 images, each GPU dividing its summed loss by the global batch 16,
+DDP averaging the gradients over the 8 GPUs. With the rule sum / (B * 8 / world_size), one
+process with B images and two processes with B / 2 images each give the same student
+gradient of the distillation loss (checked with real DDP over gloo).
+"""
+import os
+
+import pytest
+
+pytestmark = pytest.mark.detectron2
+pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+from test_d2_support import TINY_INPUT, config_dir, import_overlay, load_cfg, synthetic_batch  # noqa: E402
+
+from mgd.config import distillation_divisor  # noqa: E402
+
+BATCH = 4
+OPTS = TINY_INPUT + ["SOLVER.IMS_PER_BATCH", str(BATCH), "MGD.IGNORE_INDS", "[2, 3, 4, 5, 6, 7, 8]"]
+
+
+def test_divisor_rule():
+    assert distillation_divisor(16, 8, 8) == 16  # the published run: the global batch
+    assert distillation_divisor(16, 8, 1) == 128
+    assert distillation_divisor(16, 8, 4) == 32
+    assert distillation_divisor(2, 8, 1) == 16  # upstream's auto-scaling to 1 GPU: batch 2
+    assert distillation_divisor(16, 0, 1) == distillation_divisor(16, 0, 4) == 16  # the original code
+    with pytest.raises(ValueError):
+        distillation_divisor(16, -1, 1)
+    with pytest.raises(ValueError):
+        distillation_divisor(0, 8, 1)
+
+
+def _model(tmp_root, reference_world_size=8):
+    import_overlay()
+    from detectron2.modeling import build_model
+
+    cfg = load_cfg(tmp_root, "demo_mgd_R50_R18.yaml", OPTS + ["MGD.REFERENCE_WORLD_SIZE", str(reference_world_size)])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.eval()
+    model.update_margins()
+    model.reset_matching()
+    model.accumulate_matching(synthetic_batch(BATCH, seed=7))
+    model.finish_matching()
+    model.train()
+    return model
+
+
+def _distill_loss(model, batch):
+    from detectron2.utils.events import EventStorage
+
+    with EventStorage(0):
+        return model(batch)["loss_distill"]
+
+
+def _student_grads(model) -> dict:
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters()
+            if p.grad is not None and not k.startswith("t_net.")}
+
+
+def test_single_process_divides_by_eight_times_the_batch(tmp_path):
+    model = _model(tmp_path)
+    assert model.loss_divisor == 8 * BATCH
+    original = _model(tmp_path, reference_world_size=0)
+    assert original.loss_divisor == BATCH
+    batch = synthetic_batch(BATCH, seed=11)
+    new, old = _distill_loss(model, batch), _distill_loss(original, batch)
+    per_position = model.distillation_losses(batch)  # each position's loss / its factor, summed over images
+    assert old.item() == pytest.approx(sum(v.item() for v in per_position.values()) / BATCH, rel=1e-6)
+    assert new.item() == pytest.approx(old.item() / 8, rel=1e-6)
+
+
+def _rank_main(rank, world_size, init_file, out_dir, tmp_root):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = _model(tmp_root)
+        ddp = DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=True)
+        half = BATCH // world_size
+        batch = synthetic_batch(BATCH, seed=11)[rank * half:(rank + 1) * half]
+        _distill_loss(ddp, batch).backward()
+        torch.save({"divisor": model.loss_divisor, "grads": _student_grads(model)},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_with_half_the_images_give_the_single_process_gradient(tmp_path):
+    config_dir(tmp_path / "cfg")  # once, before the ranks read it
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "rendezvous"), str(tmp_path), str(tmp_path / "cfg")),
+             nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["divisor"] for r in ranks] == [8 * BATCH / 2] * 2
+
+    reference = _model(tmp_path / "cfg")
+    _distill_loss(reference, synthetic_batch(BATCH, seed=11)).backward()
+    expected = _student_grads(reference)
+    assert any(k.startswith("s_net.backbone.") for k in expected)
+    assert any(k.startswith("distiller.student_norms.") for k in expected)
+    for rank in ranks:  # after DDP's all-reduce every rank holds the averaged gradient
+        assert set(rank["grads"]) == set(expected)
+        for name, grad in expected.items():
+            torch.testing.assert_close(rank["grads"][name], grad, rtol=1e-4, atol=1e-9, msg=name)
+
