@@ -9,11 +9,15 @@ Variants, measured side by side in one run (repetitions interleaved; medians rep
                backward, SGD step) plus the teacher's bottom-up forward under no_grad;
 * ``double`` - the original's way: student full forward then its backbone again, teacher
                full inference (NMS included, result dropped) then its backbone again, loss,
-               backward, SGD step.
+               backward, SGD step;
+* ``mgd_amp``, ``floor_amp`` - ``mgd`` and ``floor`` with the forwards under mixed precision
+               (``SOLVER.AMP.ENABLED``: bfloat16 autocast on CPU, float16 on CUDA; the
+               loss scaling of float16 training is left out: it costs a multiply).
 
 Matching pass (per batch, eval mode, no grad): ``match`` (this project's
 ``accumulate_matching``) vs ``match_floor`` (the two bottom-up forwards only) vs
-``match_orig`` (teacher full inference + both backbones, as the original ran it).
+``match_orig`` (teacher full inference + both backbones, as the original ran it), and
+``match_amp`` (``match`` with the forwards autocast).
 
 Peak memory: each variant runs in its own fresh process, with glibc told to map every
 allocation >= 64 KiB separately and unmap it when freed (MALLOC_MMAP_THRESHOLD_), so the
@@ -37,6 +41,7 @@ import torch  # noqa: E402
 
 import detectron2.modeling.backbone.mgd_resnet  # noqa: F401,E402
 import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401,E402
+from detectron2.modeling.meta_arch.mgd_retinanet import autocast  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
@@ -115,9 +120,27 @@ def step_double(model, opt, batch):
         model.t_net(batch)  # full inference, dropped
         t_taps = _backbone_taps_original(model.t_net, model.t_net.preprocess_image(batch).tensor, keys)
     per = model.distiller(model._position_list(s_taps), model._position_list(t_taps))
-    losses["loss_distill"] = sum(per.values()) / model.ims_per_batch
+    losses["loss_distill"] = sum(per.values()) / model.loss_divisor
     opt.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
+    opt.step()
+
+
+def step_mgd_amp(model, opt, batch):
+    with autocast(model.device, True):
+        losses = model(batch)
+    opt.zero_grad(set_to_none=True)
+    sum(loss.float() for loss in losses.values()).backward()
+    opt.step()
+
+
+def step_floor_amp(model, opt, batch):
+    with autocast(model.device, True):
+        losses = model.s_net(batch)
+        with torch.no_grad():
+            model.t_net.backbone.bottom_up(model.t_net.preprocess_image(batch).tensor)
+    opt.zero_grad(set_to_none=True)
+    sum(loss.float() for loss in losses.values()).backward()
     opt.step()
 
 
@@ -141,8 +164,19 @@ def match_orig(model, opt, batch):
     model.distiller.accumulate_matching(model._position_list(s), model._position_list(t))
 
 
-STEPS = {"mgd": step_mgd, "floor": step_floor, "double": step_double}
-MATCHES = {"match": match_mgd, "match_floor": match_floor, "match_orig": match_orig}
+@torch.no_grad()
+def match_amp(model, opt, batch):
+    model.amp_enabled = True
+    try:
+        model.accumulate_matching(batch)
+    finally:
+        model.amp_enabled = False
+
+
+STEPS = {"mgd": step_mgd, "floor": step_floor, "double": step_double, "mgd_amp": step_mgd_amp,
+         "floor_amp": step_floor_amp}
+MATCHES = {"match": match_mgd, "match_floor": match_floor, "match_orig": match_orig, "match_amp": match_amp}
+FLOORS = {"mgd_amp": "floor_amp", "floor_amp": "floor_amp", "match_amp": "match_floor"}
 
 
 def _mode(model, name):
@@ -244,15 +278,21 @@ def main():
         return table[a] / table[b] if a in table and b in table else float("nan")
 
     for name in names:
-        floor = "floor" if name in STEPS else "match_floor"
+        floor = FLOORS.get(name, "floor" if name in STEPS else "match_floor")
         m = f"{mem[name]:>10.0f}{ratio(mem, name, floor):>13.2f}x" if mem else f"{'-':>10}{'-':>14}"
         print(f"{name:<13}{med[name]:>9.3f}{ratio(med, name, floor):>9.2f}x{m}")
     print(f"double pass / mgd step: {ratio(med, 'double', 'mgd'):.2f}x slower;  "
           f"original matching / mgd matching: {ratio(med, 'match_orig', 'match'):.2f}x slower")
+    amp_dtype = "float16" if args.device.startswith("cuda") else "bfloat16"
+    print(f"mixed precision ({amp_dtype}): mgd step {ratio(med, 'mgd_amp', 'mgd'):.2f}x the float32 step, "
+          f"floor {ratio(med, 'floor_amp', 'floor'):.2f}x, matching {ratio(med, 'match_amp', 'match'):.2f}x "
+          "(AMP rows are compared with the AMP floor)")
     goals = [  # (label, measured ratio, limit, the ratio must be <= limit?)
         ("step <= 1.10x floor", ratio(med, "mgd", "floor"), 1.10, True),
         ("double pass >= 1.6x slower than step", ratio(med, "double", "mgd"), 1.6, False),
         ("matching <= 1.10x floor", ratio(med, "match", "match_floor"), 1.10, True),
+        ("AMP step <= 1.10x AMP floor", ratio(med, "mgd_amp", "floor_amp"), 1.10, True),
+        ("AMP gain on the step >= the floor's", ratio(med, "mgd", "mgd_amp") / ratio(med, "floor", "floor_amp"), 1.0, False),
     ]
     if mem:
         goals.append(("step peak memory <= 1.15x floor", ratio(mem, "mgd", "floor"), 1.15, True))

@@ -111,3 +111,24 @@ def test_two_processes_with_half_the_images_give_the_single_process_gradient(tmp
         for name, grad in expected.items():
             torch.testing.assert_close(rank["grads"][name], grad, rtol=1e-4, atol=1e-9, msg=name)
 
+
+
+def test_upstream_auto_scaling_also_scales_the_matching_schedule(tmp_path):
+    """SOLVER.REFERENCE_WORLD_SIZE 8 on one process: upstream scales the batch 16 -> 2, the lr
+    by 1/8 and the iterations by 8; the matching must move with them (reference: 0, 5k, 10k,
+    15k, 31k, 62k of 90k; UPDATE_ITER 1000 batches of 16 images)."""
+    import_overlay()
+    from detectron2.engine.mgd_hooks import matching_schedule
+    from detectron2.engine.mgd_trainer import scale_to_world_size
+
+    cfg = load_cfg(tmp_path, "mgd_retinanet_R50_R18_FPN_1x.yaml", ["SOLVER.REFERENCE_WORLD_SIZE", "8"])
+    one = scale_to_world_size(cfg, 1)
+    assert (one.SOLVER.IMS_PER_BATCH, one.SOLVER.MAX_ITER, one.SOLVER.STEPS) == (2, 720000, (480000, 640000))
+    assert one.SOLVER.BASE_LR == pytest.approx(0.01 / 8)
+    assert matching_schedule(one.SOLVER.MAX_ITER, one.MGD.UPDATE_FREQ, one.MGD.UPDATE_SLOW_STEP) == [
+        0, 40000, 80000, 120000, 248000, 496000]
+    assert one.MGD.UPDATE_ITER * one.SOLVER.IMS_PER_BATCH == 1000 * 16  # as many images per matching
+    assert distillation_divisor(one.SOLVER.IMS_PER_BATCH, one.MGD.REFERENCE_WORLD_SIZE, 1) == 16
+    assert scale_to_world_size(cfg, 8) is cfg  # the reference itself: unchanged
+    plain = load_cfg(tmp_path, "mgd_retinanet_R50_R18_FPN_1x.yaml")  # SOLVER.REFERENCE_WORLD_SIZE 0: off
+    assert scale_to_world_size(plain, 1) is plain
