@@ -31,6 +31,7 @@ SPLIT = "convert-output-to-d2.py"
 ALL = "convert_all.py"
 SYNTH = "make_synthetic_coco.py"
 RANDW = "make_random_torchvision_weights.py"
+MARK = "random_init_marker.py"
 
 # id: (script, argv (relative to the case folder; "@x" = the shared input x), expected text)
 CASES = {
@@ -75,6 +76,11 @@ CASES = {
     "all-no-pth": (ALL, ["."], "no *.pth"),
     "randw-outdir-missing": (RANDW, ["--depth", "18", "missing/r18.pth"], "does not exist"),
     "randw-bad-depth": (RANDW, ["--depth", "19", "r.pth"], "invalid choice"),
+    "mark-missing": (MARK, ["show", "@nothere.pkl"], "not found"),
+    "mark-truncated": (MARK, ["mark", "@r18-truncated.pkl"], "truncated"),
+    "mark-evil": (MARK, ["mark", "@evil-system.pkl"], "refusing"),
+    "mark-not-d2-pickle": (MARK, ["mark", "@tv18-raw.pkl"], "not a Detectron2 pickle"),
+    "mark-bad-action": (MARK, ["erase", "@r18.pkl"], "invalid choice"),
     "synth-parent-missing": (SYNTH, ["--out", "missing/synth", "--train", "2", "--val", "1"],
                              "does not exist"),
     "synth-out-is-file": (SYNTH, ["--out", "@notes.txt", "--train", "2", "--val", "1"], "file"),
@@ -82,7 +88,7 @@ CASES = {
                              "not a set written by this generator"),
     "synth-bad-size": (SYNTH, ["--out", "s", "--size", "8"], "too small"),
 }
-HOSTILE = {"merge-evil-teacher-system", "merge-evil-student-open", "split-evil"}
+HOSTILE = {"merge-evil-teacher-system", "merge-evil-student-open", "split-evil", "mark-evil"}
 
 
 def _make_inputs(d: Path):

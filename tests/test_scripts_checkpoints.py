@@ -110,6 +110,32 @@ def test_merge_and_convert_cli_round_trip(tmp_path):
         ["t50.pkl", "r-18.pkl", "T50-S18.pkl", "student.pkl", "teacher.pkl"])
 
 
+def test_random_init_mark_travels_through_merge_and_split(tmp_path):
+    """A student from `make weights RANDOM_INIT=1` (marked) makes a marked merged file, whose
+    splits are marked too; unmarked inputs give unmarked outputs."""
+    write_pickle(tmp_path / "t50.pkl", d2_pickle(retinanet_state_dict(50)))
+    write_pickle(tmp_path / "r-18.pkl", converted_student(18))
+    write_pickle(tmp_path / "r-18.random.pkl", {**converted_student(18), "__random_init__": True})
+    for student, marked in (("r-18.pkl", False), ("r-18.random.pkl", True)):
+        out = f"merged-{marked}.pkl"
+        proc = run_script("merge-models-into-one.py", "t50.pkl", student, out, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert ("marked as random init" in proc.stdout) is marked
+        assert cio.is_random_init(cio.load_checkpoint_object(tmp_path / out)) is marked
+        for flag, split in (([], f"student-{marked}.pkl"), (["--eval-teacher"], f"teacher-{marked}.pkl")):
+            proc = run_script("convert-output-to-d2.py", out, split, *flag, cwd=tmp_path)
+            assert proc.returncode == 0, proc.stderr
+            assert cio.is_random_init(cio.load_checkpoint_object(tmp_path / split)) is marked
+    proc = run_script("random_init_marker.py", "show", "r-18.random.pkl", cwd=tmp_path)
+    assert proc.stdout == "random\n"
+    proc = run_script("random_init_marker.py", "mark", "r-18.pkl", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert run_script("random_init_marker.py", "show", "r-18.pkl", cwd=tmp_path).stdout == "random\n"
+    marked = cio.load_checkpoint_object(tmp_path / "r-18.pkl")
+    assert marked["__author__"] == "torchvision"
+    assert_same_arrays(marked["model"], converted_student(18)["model"])
+
+
 def test_merge_accepts_a_detectron2_pth_teacher(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     teacher = retinanet_state_dict(50)
