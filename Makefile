@@ -12,6 +12,8 @@ DETECTRON2_COMMIT ?= 369a57d333ff9c05c9dd42ab3c3d8156860dc710
 DETECTRON2_DIR    ?= detectron2
 DEPTH             ?= 50
 NUM_GPUS          ?= 1
+# Several machines: e.g. LAUNCH_ARGS="--num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT"
+LAUNCH_ARGS       ?=
 OUTPUT_DIR        ?= output
 WEIGHTS_DIR       ?= weights
 OPTS              ?=
@@ -30,13 +32,15 @@ EVAL_TEACHER      ?=
 EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final$(if $(EVAL_TEACHER),.teacher).pkl
 EVAL_OUTPUT       ?= $(MGD_OUTPUT)/eval$(if $(EVAL_TEACHER),-teacher)
 DEMO_DIR          ?= output/demo
+# The demo trains its two students with seeds 1..SEEDS (the teacher once) and reports mean and spread.
+SEEDS             ?= 1
 # Your own COCO-format sets: NAME JSON IMAGE_ROOT triples, registered for base/distill/eval
 # (train_net.py --dataset); name them in DATASETS.TRAIN / DATASETS.TEST through OPTS.
 DATASETS          ?=
-USER_VARIABLES := PYTHON DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS OUTPUT_DIR \
+USER_VARIABLES := PYTHON DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS LAUNCH_ARGS OUTPUT_DIR \
                   WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
                   EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT BASE_CONFIG MGD_CONFIG \
-                  DEMO_DIR DATASETS PYTEST_ARGS
+                  DEMO_DIR SEEDS DATASETS PYTEST_ARGS
 
 # Make the in-place Detectron2 build and this repository importable for every command below.
 export PYTHONPATH := $(CURDIR)/$(DETECTRON2_DIR):$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
@@ -144,7 +148,7 @@ weights: ## get torchvision R18/R50 (download; RANDOM_INIT=1 for random init) an
 
 .PHONY: base
 base: check-base overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18)
-	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(DATASET_ARGS) --config-file $(BASE_CONFIG) \
+	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) --config-file $(BASE_CONFIG) \
 	    MODEL.WEIGHTS $(WEIGHTS_DIR)/r-$(DEPTH).pkl OUTPUT_DIR $(OUTPUT_DIR)/base-R$(DEPTH) $(OPTS)
 
 .PHONY: merge
@@ -153,17 +157,8 @@ merge: check-merge ## merge TEACHER (R50 base checkpoint) and STUDENT (r-18.pkl)
 
 .PHONY: distill
 distill: check-distill overlay ## distil the student from the teacher with MGD, starting from MERGED
-	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(DATASET_ARGS) --config-file $(MGD_CONFIG) \
+	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) --config-file $(MGD_CONFIG) \
 	    MODEL.WEIGHTS $(MERGED) OUTPUT_DIR $(MGD_OUTPUT) $(OPTS)
-
-.PHONY: convert-all
-convert-all: ## split the student out of every MGD_OUTPUT/X.pth into X.pkl (EVAL_TEACHER=1: the teacher into X.teacher.pkl)
-	PYTHON=$(PYTHON) bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
-
-.PHONY: eval
-eval: overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG (the student; EVAL_TEACHER=1 the teacher)
-	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) $(DATASET_ARGS) --config-file $(EVAL_CONFIG) \
-	    $(if $(EVAL_TEACHER),--eval-teacher) MODEL.WEIGHTS $(EVAL_WEIGHTS) OUTPUT_DIR $(EVAL_OUTPUT) $(OPTS)
 
 .PHONY: check-base check-merge check-distill
 check-base:
@@ -180,20 +175,29 @@ check-distill:
 	@$(call require,$(MERGED),the merged teacher/student checkpoint MERGED,run \`make merge\` or pass MERGED=...)
 	@$(check_datasets)
 
+.PHONY: convert-all
+convert-all: ## split the student out of every MGD_OUTPUT/X.pth into X.pkl (EVAL_TEACHER=1: the teacher into X.teacher.pkl)
+	PYTHON=$(PYTHON) bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
+
+.PHONY: eval
+eval: overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG (the student; EVAL_TEACHER=1 the teacher)
+	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) --config-file $(EVAL_CONFIG) \
+	    $(if $(EVAL_TEACHER),--eval-teacher) MODEL.WEIGHTS $(EVAL_WEIGHTS) OUTPUT_DIR $(EVAL_OUTPUT) $(OPTS)
+
 # ---------------------------------------------------------------- demo, plots, benchmarks
 
 .PHONY: demo
-demo: overlay ## the whole chain on CPU on a synthetic COCO set, no download; ends with an AP table and plots
-	DEMO_DIR=$(DEMO_DIR) PYTHON=$(PYTHON) MAKE=$(MAKE) D2_CONFIGS=$(D2_CONFIGS) bash scripts/run_demo.sh
+demo: overlay ## the whole chain on CPU on a synthetic COCO set, no download (SEEDS=n: n student seeds); AP and matched-cost tables, plots
+	DEMO_DIR=$(DEMO_DIR) SEEDS=$(SEEDS) PYTHON=$(PYTHON) MAKE=$(MAKE) D2_CONFIGS=$(D2_CONFIGS) bash scripts/run_demo.sh
 
 .PHONY: demo-clean
 demo-clean: ## delete the demo's outputs (DEMO_DIR) so the next `make demo` redoes every step
 	rm -rf $(DEMO_DIR)
 
 .PHONY: plots
-plots: ## PNG plots (losses, matching cost per position, AP) of the demo runs in DEMO_DIR
-	$(PYTHON) scripts/plot_runs.py --runs teacher=$(DEMO_DIR)/base-R50 student=$(DEMO_DIR)/base-R18 \
-	    mgd=$(DEMO_DIR)/mgd --ap-table $(DEMO_DIR)/results.json --out $(DEMO_DIR)/plots
+plots: ## PNG plots (losses, matching cost per position, AP, matched cost to the teacher) of the demo in DEMO_DIR
+	$(PYTHON) scripts/plot_runs.py --runs teacher=$(DEMO_DIR)/base-R50 student=$(DEMO_DIR)/seed1/base-R18 \
+	    mgd=$(DEMO_DIR)/seed1/mgd --ap-table $(DEMO_DIR)/results.json --out $(DEMO_DIR)/plots
 
 .PHONY: bench-core
 bench-core: ## time the MGD core (matching update, loss + AMP) vs the original's solver approach
