@@ -43,8 +43,9 @@ try:  # the overlay modules register the MGD backbone, meta-architecture and tra
     from detectron2.engine.mgd_launch import launch
     from detectron2.engine.mgd_probe import probe_loss_factors
     from detectron2.engine.mgd_results import report_empty, save_results
-    from detectron2.engine.mgd_setup import ConfigError, check_config, load_config
-    from detectron2.engine.mgd_trainer import MGDCheckpointer, MGDTrainer
+    from detectron2.engine.mgd_setup import ConfigError, check_config, check_weights, load_config
+    from detectron2.engine.mgd_checkpointer import MGDCheckpointer
+    from detectron2.engine.mgd_trainer import MGDTrainer
 except ImportError as error:
     sys.exit(f"error: the MGD overlay is missing from detectron2/ ({error}); run `make overlay`")
 
@@ -74,9 +75,10 @@ def setup_config(args):
 def check_run(args):
     """Every check that can be made before the run starts (raises one of USER_ERRORS)."""
     cfg = setup_config(args)
-    check_config(cfg, eval_only=args.eval_only, eval_teacher=args.eval_teacher,
-                 probe=args.probe_loss_factors, resume=args.resume)
+    mode = dict(eval_only=args.eval_only, eval_teacher=args.eval_teacher, probe=args.probe_loss_factors)
+    check_config(cfg, **mode)
     check_datasets(cfg)
+    check_weights(cfg, **mode, resume=args.resume)
 
 
 def build_eval_model(cfg, eval_teacher=False):
@@ -96,7 +98,8 @@ def build_eval_model(cfg, eval_teacher=False):
 
 def evaluate(cfg, args):
     model, prefix = build_eval_model(cfg, args.eval_teacher)
-    MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=prefix).resume_or_load(
+    role = "eval-teacher" if args.eval_teacher else "eval-student"  # strict: no re-init at eval
+    MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=prefix, role=role).resume_or_load(
         cfg.MODEL.WEIGHTS, resume=args.resume
     )
     results = MGDTrainer.test(cfg, model)

@@ -9,7 +9,15 @@ pytest.importorskip("detectron2", reason="pinned Detectron2 not built here (run 
 # the checkout folder alone is an empty namespace package "detectron2": need the real one
 pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
 
-from test_d2_support import REPO, TINY_INPUT, config_dir, make_synthetic_dataset, run_train_net  # noqa: E402
+from test_d2_support import (  # noqa: E402
+    REPO,
+    TINY_INPUT,
+    config_dir,
+    import_overlay,
+    load_cfg,
+    make_synthetic_dataset,
+    run_train_net,
+)
 
 AP_LINE = re.compile(r"copypaste: ([-\d.nan]+),([-\d.nan]+),([-\d.nan]+),")
 FAST_MGD = TINY_INPUT + [
@@ -24,9 +32,31 @@ def synth(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.getbasetemp() / "mgd_synth_64")
 
 
+@pytest.fixture(scope="module")
+def random_mgd_weights(tmp_path_factory):
+    """A randomly initialised MGD model (teacher and student) saved as MODEL.WEIGHTS: an MGD
+    run refuses to start without weights."""
+    import torch
+
+    import_overlay()
+    from detectron2.modeling import build_model
+
+    root = tmp_path_factory.mktemp("random_mgd")
+    torch.manual_seed(0)
+    model = build_model(load_cfg(root, "demo_mgd_R50_R18.yaml"))
+    torch.save({"model": model.state_dict()}, root / "weights.pth")
+    return root / "weights.pth"
+
+
 def _matchings(out):
     path = out / "mgd_matching.json"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _probed(text):
+    """{position: (factor, loss/(factor*divisor), suggested factor)} from the probe's table."""
+    rows = re.findall(r"^([cp]\d)\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)$", text, re.M)
+    return {name: tuple(map(float, values)) for name, *values in rows}
 
 
 def _ap(text):
@@ -36,10 +66,10 @@ def _ap(text):
 
 
 @pytest.mark.slow
-def test_train_resume_split_eval_and_probe(tmp_path, synth):
+def test_train_resume_split_eval_and_probe(tmp_path, synth, random_mgd_weights):
     cfg = config_dir(tmp_path) / "demo_mgd_R50_R18.yaml"
     out = tmp_path / "mgd"
-    opts = FAST_MGD + ["OUTPUT_DIR", out, "DATASETS.TEST", "()"]
+    opts = FAST_MGD + ["OUTPUT_DIR", out, "DATASETS.TEST", "()", "MODEL.WEIGHTS", random_mgd_weights]
 
     # a run that stops after 2 iterations (its checkpoint records iteration 1)
     run_train_net(["--config-file", cfg, *opts, "SOLVER.MAX_ITER", "2"], synth)
@@ -69,23 +99,27 @@ def test_train_resume_split_eval_and_probe(tmp_path, synth):
     assert len(_ap(proc.stdout)) == 3 and "Evaluating the teacher" in proc.stdout
     assert "not found in the checkpoint" not in proc.stdout
 
-    # the loss-factor probe
+    # the loss-factor probe: each loss after its factor and the divisor training uses
     suggestion = tmp_path / "factors.txt"
-    proc = run_train_net(["--probe-loss-factors", "--probe-matching-batches", "2", "--probe-output", suggestion,
-                          "--config-file", cfg, *opts, "MODEL.WEIGHTS", out / "model_final.pth"], synth)
-    assert re.search(r"^c2\s+5e\+07\s+[\d.e+-]+\s+[\d.e+-]+$", proc.stdout, re.M), proc.stdout[-2000:]
+    probe = ["--probe-loss-factors", "--probe-matching-batches", "2", "--config-file", cfg, *opts,
+             "MODEL.WEIGHTS", out / "model_final.pth"]
+    proc = run_train_net(["--probe-output", suggestion, *probe], synth)
+    assert "distillation divisor 16 (IMS_PER_BATCH 2 x MGD.REFERENCE_WORLD_SIZE 8 / 1 processes)" in proc.stdout
+    first = _probed(proc.stdout)
+    assert set(first) == {"c2", "c3", "c4"} and first["c2"][0] == 5e7, proc.stdout[-2000:]
     line = suggestion.read_text().strip()
     assert line.startswith("MGD.LOSS_FACTORS [")
     factors = json.loads(line.split(" ", 1)[1])
     assert len(factors) == 9 and factors[3:] == [5e6, 5e7, 5e7, 5e5, 0.0, 0.0]
 
 
+
 @pytest.mark.slow
-def test_two_gloo_processes_end_with_identical_matchings(tmp_path, synth):
+def test_two_gloo_processes_end_with_identical_matchings(tmp_path, synth, random_mgd_weights):
     cfg = config_dir(tmp_path) / "demo_mgd_R50_R18.yaml"
     out = tmp_path / "ddp"
     run_train_net(["--num-gpus", "2", "--dist-url", "auto", "--config-file", cfg, *FAST_MGD,
-                   "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out, "DATASETS.TEST", "()"], synth)
+                   "MODEL.WEIGHTS", random_mgd_weights, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out, "DATASETS.TEST", "()"], synth)
     digests = {}
     for log in (out / "log.txt", out / "log.txt.rank1"):
         found = re.findall(r"\(rank (\d), assignment digest (\w+)\); mean matched cost: (.*)", log.read_text())
@@ -99,9 +133,19 @@ def test_two_gloo_processes_end_with_identical_matchings(tmp_path, synth):
 
 @pytest.mark.slow
 def test_plain_retinanet_trains_and_evaluates_through_train_net(tmp_path, synth):
-    cfg = config_dir(tmp_path) / "demo_retinanet_R_18.yaml"
+    cfg = REPO / "configs" / "demo_retinanet_R_18.yaml"  # as given, run from another folder
     proc = run_train_net(["--config-file", cfg, *TINY_INPUT, "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
-                          "OUTPUT_DIR", tmp_path / "r18"], synth)
+                          "OUTPUT_DIR", tmp_path / "r18"], synth, cwd=tmp_path)
     assert len(_ap(proc.stdout)) == 3
     assert (tmp_path / "r18" / "model_final.pth").exists()
     assert not (tmp_path / "r18" / "mgd_matching.json").exists()
+
+    # an evaluation that predicts nothing says so, and its results file is strict JSON
+    proc = run_train_net(["--eval-only", "--config-file", cfg, *TINY_INPUT, "MODEL.WEIGHTS",
+                          tmp_path / "r18" / "model_final.pth", "MODEL.RETINANET.SCORE_THRESH_TEST", "1.01",
+                          "OUTPUT_DIR", tmp_path / "none"], synth, cwd=tmp_path)
+    notes = [line for line in proc.stdout.splitlines() if "no predictions on mgd_synth_val" in line]
+    assert len(notes) == 1 and "SCORE_THRESH_TEST 1.01" in notes[0], proc.stdout[-3000:]
+    text = (tmp_path / "none" / "eval_results.json").read_text()
+    results = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
+    assert results["bbox"]["AP"] is None and set(results["bbox"].values()) == {None}

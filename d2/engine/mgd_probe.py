@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 import torch
 
 from detectron2.data import build_detection_train_loader
+from detectron2.engine.mgd_checkpointer import MGDCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
@@ -57,8 +58,6 @@ def probe_loss_factors(cfg, target: float = 0.02, iters: int = 1, matching_batch
     Returns:
         {"losses": {position: loss}, "suggested": nine factors, "divisor": the divisor}.
     """
-    from detectron2.engine.mgd_trainer import MGDCheckpointer
-
     if not is_mgd_config(cfg):
         raise ValueError("the loss-factor probe needs an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
     logger = logging.getLogger("detectron2")

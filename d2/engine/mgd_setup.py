@@ -4,8 +4,8 @@
   relative ``_BASE_`` that is missing next to the file is looked up in the Detectron2
   checkout's ``configs/COCO-Detection/`` (this repository's ``configs/*.yaml`` name
   ``../Base-RetinaNet.yaml``, as if they sat there), so they work where they are.
-* :func:`check_config`: the MGD keys, the model's depths and norms, the matching schedule,
-  and that ``MODEL.WEIGHTS`` exists where the run needs it.
+* :func:`check_config`: the MGD keys, the model's depths and norms, the matching schedule;
+* :func:`check_weights`: ``MODEL.WEIGHTS`` is given where the run needs it and exists.
 
 Every problem raises :class:`ConfigError` with a one-line message (what is wrong, what to
 do next); ``train_net.py`` prints it as ``error: ...``.
@@ -18,6 +18,7 @@ import yaml
 
 import detectron2
 from detectron2.config import CfgNode, get_cfg
+from detectron2.engine.mgd_checkpointer import check_weights_for_config
 from detectron2.engine.mgd_hooks import _check_schedule
 
 from mgd.checkpoint import DEPTH_LAYOUTS
@@ -25,7 +26,7 @@ from mgd.config import add_mgd_config, is_mgd_config
 from mgd.defaults import DEFAULT_POSITION_NAMES
 from mgd.reducers import REDUCERS
 
-__all__ = ["ConfigError", "load_config", "check_config", "fallback_config_dir", "NORMS"]
+__all__ = ["ConfigError", "load_config", "check_config", "check_weights", "fallback_config_dir", "NORMS"]
 
 #: the names detectron2.layers.get_norm accepts at the pin
 NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN")
@@ -58,21 +59,29 @@ def _bases(path: str) -> List[str]:
     return [] if base is None else list(base) if isinstance(base, (list, tuple)) else [base]
 
 
+def _base_path(path: str, base: str) -> str:
+    """Where fvcore looks for ``base`` named in ``path``."""
+    if base.startswith(_NOT_RELATIVE):
+        return os.path.expanduser(base)
+    return os.path.join(os.path.dirname(path), base)
+
+
+def _resolves(path: str) -> bool:
+    """Whether every ``_BASE_`` of ``path``, recursively, exists where fvcore looks for it."""
+    return all(base.startswith(_DOWNLOADED)
+               or (os.path.isfile(_base_path(path, base)) and _resolves(_base_path(path, base)))
+               for base in _bases(path))
+
+
 def _merge_file(cfg: CfgNode, path: str) -> None:
     """``cfg.merge_from_file(path)``, with missing relative ``_BASE_`` files taken from
-    :func:`fallback_config_dir` (recursively)."""
-    bases = _bases(path)
-    missing = [b for b in bases if not b.startswith(_NOT_RELATIVE)
-               and not os.path.exists(os.path.join(os.path.dirname(path), b))]
-    if not missing:
+    :func:`fallback_config_dir` (at any depth of the chain)."""
+    if _resolves(path):
         cfg.merge_from_file(path)  # Detectron2's own loading (version upgrades included)
         return
-    for base in bases:
-        if base.startswith(_NOT_RELATIVE):
-            resolved = os.path.expanduser(base)
-        else:
-            resolved = os.path.join(os.path.dirname(path), base)
-        if base in missing:
+    for base in _bases(path):
+        resolved = _base_path(path, base)
+        if not os.path.isfile(resolved) and not base.startswith(_NOT_RELATIVE):
             resolved = os.path.normpath(os.path.join(fallback_config_dir(), base))
             if not os.path.isfile(resolved):
                 raise ConfigError(f"{path}: _BASE_ {base!r} not found next to it nor in {fallback_config_dir()}")
@@ -180,8 +189,9 @@ def _weights_hint(mgd: bool, eval_only: bool) -> str:
 
 
 def check_config(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = False,
-                 probe: bool = False, resume: bool = False) -> None:
-    """Refuse a config that would fail later or give a wrong answer (module docstring)."""
+                 probe: bool = False) -> None:
+    """Refuse a config that would fail later or give a wrong answer: the mode's needs, the MGD
+    keys, the networks' depths and norms, the matching schedule."""
     mgd = is_mgd_config(cfg)
     if eval_teacher and not (eval_only and mgd):
         raise ConfigError("--eval-teacher needs --eval-only and an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
@@ -194,6 +204,13 @@ def check_config(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = Fal
         _check_net("MODEL.RESNETS", resnets.DEPTH, resnets.RES2_OUT_CHANNELS, resnets.NORM,
                    resnets.get("STAGE_LAST_NORM", ""))
 
+
+def check_weights(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = False,
+                  probe: bool = False, resume: bool = False) -> None:
+    """``MODEL.WEIGHTS`` is given where the run needs trained weights, exists, and is a
+    checkpoint of the kind the run expects (``check_weights_for_config``: teacher+student for
+    MGD training, the evaluated network's depth, ...; raises its ``CheckpointError``)."""
+    mgd = is_mgd_config(cfg)
     weights = cfg.MODEL.WEIGHTS
     if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         return  # the run continues from its own last checkpoint; MODEL.WEIGHTS is not read
@@ -206,4 +223,6 @@ def check_config(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = Fal
         return  # a URL or a catalog name: Detectron2 downloads it
     if not os.path.isfile(weights):
         raise ConfigError(f"MODEL.WEIGHTS {weights} not found; {_weights_hint(mgd and not eval_only, eval_only)}")
+    role = "eval-teacher" if eval_teacher else "eval-student" if eval_only else "train"
+    check_weights_for_config(cfg, role)
 

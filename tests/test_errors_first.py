@@ -1,0 +1,172 @@
+"""Errors first (issue 9, item 4): a bad input to train_net.py or a make target ends in one
+``error:`` line near the top of the output, a non-zero exit code, no traceback, and nothing
+written (no OUTPUT_DIR). Validation returns before any model is built, so these are fast."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_d2_support import REPO, make_synthetic_dataset, run_train_net, synthetic_dataset_args
+
+MGD_DEMO = REPO / "configs" / "demo_mgd_R50_R18.yaml"
+R18_DEMO = REPO / "configs" / "demo_retinanet_R_18.yaml"
+
+
+def assert_refused(proc, message: str, *never_written: Path) -> str:
+    """One ``error:`` line containing ``message`` in the first 30 lines, exit code 2, no
+    traceback, and none of ``never_written`` exists. Returns the error line."""
+    lines = proc.stdout.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert len(errors) == 1, proc.stdout[-3000:]
+    assert message in errors[0], errors[0]
+    assert lines.index(errors[0]) < 30, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    for path in never_written:
+        assert not path.exists(), f"{path} was written by a refused run"
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.getbasetemp() / "mgd_synth_errors", train=2, val=2)
+
+
+@pytest.fixture
+def merged(tmp_path):
+    """A stand-in for MODEL.WEIGHTS where the check under test comes first."""
+    path = tmp_path / "T50-S18.pkl"
+    path.write_bytes(b"not read: an earlier check refuses the run")
+    return path
+
+
+# (flags, KEY VALUE overrides, expected part of the error line); the config: the MGD demo's
+TRAIN_NET_CASES = {
+    "reducer": ([], ["MGD.REDUCER", "amx"], "MGD.REDUCER 'amx' is not a reducer; use one of amp, rd, sp, sm"),
+    "ignore-index-out-of-range": ([], ["MGD.IGNORE_INDS", "[9]"], "MGD.IGNORE_INDS [9]: indices must be in 0..8"),
+    "ignore-all": ([], ["MGD.IGNORE_INDS", "[0,1,2,3,4,5,6,7,8]"], "leaves no position to distil"),
+    "misspelt-key": ([], ["MGD.REDUCR", "amp"],
+                     "unknown config key MGD.REDUCR on the command line (did you mean MGD.REDUCER?)"),
+    "teacher-depth": ([], ["MGD.TEACHER.DEPTH", "35"], "MGD.TEACHER.DEPTH 35 is not a ResNet depth"),
+    "eval-teacher-of-a-plain-config": (["--eval-only", "--eval-teacher", "--config-file", R18_DEMO], [],
+                                       "--eval-teacher needs --eval-only and an MGD config"),
+}
+
+
+@pytest.mark.detectron2
+@pytest.mark.parametrize("case", sorted(TRAIN_NET_CASES))
+def test_train_net_refuses_bad_config(case, tmp_path, synth, merged):
+    flags, opts, message = TRAIN_NET_CASES[case]
+    config = [] if "--config-file" in flags else ["--config-file", MGD_DEMO]
+    out = tmp_path / "out"
+    proc = run_train_net([*flags, *config, "MODEL.WEIGHTS", merged, "OUTPUT_DIR", out, *opts], synth,
+                         check=False, cwd=tmp_path)
+    assert_refused(proc, message, out)
+
+
+@pytest.mark.detectron2
+def test_misspelt_key_in_a_config_file_and_base_outside_the_checkout(tmp_path, synth, merged):
+    # a user's config inheriting from the repository's configs/ (whose own _BASE_ is resolved
+    # against the checkout) with a typo
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f'_BASE_: "{MGD_DEMO}"\nMGD:\n  REDUCR: "sm"\n')
+    out = tmp_path / "out"
+    proc = run_train_net(["--config-file", mine, "MODEL.WEIGHTS", merged, "OUTPUT_DIR", out], synth,
+                         check=False, cwd=tmp_path)
+    assert_refused(proc, f"unknown config key MGD.REDUCR in {mine} (did you mean MGD.REDUCER?)", out)
+
+
+@pytest.mark.detectron2
+def test_missing_config_file(tmp_path):
+    out = tmp_path / "out"
+    proc = run_train_net(["--config-file", tmp_path / "nope.yaml", "OUTPUT_DIR", out], check=False, cwd=tmp_path)
+    assert_refused(proc, f"config file {tmp_path / 'nope.yaml'} not found", out)
+
+
+@pytest.mark.detectron2
+def test_missing_weights_names_the_target_that_makes_them(tmp_path, synth):
+    out = tmp_path / "out"
+    proc = run_train_net(["--config-file", MGD_DEMO, "MODEL.WEIGHTS", tmp_path / "T50-S18.pkl",
+                          "OUTPUT_DIR", out], synth, check=False, cwd=tmp_path)
+    assert_refused(proc, "not found; make the merged teacher/student checkpoint with `make merge`", out)
+    proc = run_train_net(["--eval-only", "--config-file", MGD_DEMO, "MODEL.WEIGHTS", tmp_path / "m.pkl",
+                          "OUTPUT_DIR", out], synth, check=False, cwd=tmp_path)
+    assert_refused(proc, "`make convert-all`", out)
+
+
+@pytest.mark.detectron2
+def test_unregistered_dataset(tmp_path, merged):
+    out = tmp_path / "out"
+    proc = run_train_net(["--config-file", MGD_DEMO, "MODEL.WEIGHTS", merged, "OUTPUT_DIR", out],
+                         check=False, cwd=tmp_path)
+    assert_refused(proc, "dataset 'mgd_synth_train' (DATASETS) is not registered; register your own with "
+                         "train_net.py --dataset NAME JSON IMAGE_ROOT", out)
+
+
+@pytest.mark.detectron2
+def test_builtin_coco_without_its_files_says_where_they_are_looked_for(tmp_path, merged):
+    out = tmp_path / "out"
+    env_root = tmp_path / "no_datasets"
+    proc = subprocess.run(
+        [sys.executable, REPO / "train_net.py", "--config-file", REPO / "configs" / "mgd_retinanet_R50_R18_FPN_1x.yaml",
+         "MODEL.WEIGHTS", merged, "OUTPUT_DIR", out],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        env={**os.environ, "DETECTRON2_DATASETS": str(env_root),
+             "PYTHONPATH": os.pathsep.join([str(REPO / "detectron2"), str(REPO)])},
+    )
+    line = assert_refused(proc, "dataset 'coco_2017_train': annotation file", out)
+    assert str(env_root) in line and "--dataset NAME JSON IMAGE_ROOT" in line
+
+
+# ------------------------------------------------------------------ make targets
+
+def run_make(*args, cwd=REPO):
+    return subprocess.run(["make", "--no-print-directory", *map(str, args), f"PYTHON={sys.executable}"],
+                          cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+
+
+def test_make_base_refuses_a_depth_other_than_18_or_50(tmp_path):
+    proc = run_make("base", "DEPTH=34", f"OUTPUT_DIR={tmp_path / 'out'}")
+    assert_refused(proc, "DEPTH must be 18 or 50", tmp_path / "out")
+
+
+def test_make_base_without_weights_names_make_weights(tmp_path):
+    proc = run_make("base", "DEPTH=18", f"WEIGHTS_DIR={tmp_path / 'w'}", f"OUTPUT_DIR={tmp_path / 'out'}")
+    assert_refused(proc, f"{tmp_path / 'w' / 'r-18.pkl'} not found; run `make weights` first", tmp_path / "out")
+
+
+def test_make_merge_without_a_teacher_names_make_base(tmp_path):
+    merged = tmp_path / "T50-S18.pkl"
+    proc = run_make("merge", f"TEACHER={tmp_path / 'model_final.pth'}", f"MERGED={merged}")
+    assert_refused(proc, "run `make base DEPTH=50` or pass TEACHER=...", merged)
+
+
+def test_make_merge_without_a_student_names_make_weights(tmp_path):
+    teacher, merged = tmp_path / "model_final.pth", tmp_path / "T50-S18.pkl"
+    teacher.write_bytes(b"x")
+    proc = run_make("merge", f"TEACHER={teacher}", f"STUDENT={tmp_path / 'r-18.pkl'}", f"MERGED={merged}")
+    assert_refused(proc, "run `make weights` or pass STUDENT=...", merged)
+
+
+def test_make_distill_without_merged_weights_names_make_merge(tmp_path):
+    proc = run_make("distill", f"MERGED={tmp_path / 'T50-S18.pkl'}", f"MGD_OUTPUT={tmp_path / 'mgd'}")
+    assert_refused(proc, "run `make merge` or pass MERGED=...", tmp_path / "mgd")
+
+
+def test_make_distill_refuses_datasets_not_in_triples(tmp_path, merged):
+    proc = run_make("distill", f"MERGED={merged}", "DATASETS=mine train.json", f"MGD_OUTPUT={tmp_path / 'mgd'}")
+    assert_refused(proc, "DATASETS takes NAME JSON IMAGE_ROOT triples, got 2 words", tmp_path / "mgd")
+
+
+@pytest.mark.detectron2
+def test_make_base_checks_the_class_count_of_a_dataset_passed_through(tmp_path, synth):
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "r-18.pkl").write_bytes(b"not read: the dataset check comes first")
+    datasets = " ".join(str(a) for a in synthetic_dataset_args(synth) if a != "--dataset")
+    proc = run_make("base", "DEPTH=18", f"BASE_CONFIG={R18_DEMO}", f"WEIGHTS_DIR={weights}",
+                    f"OUTPUT_DIR={tmp_path / 'out'}", f"DATASETS={datasets}", "OPTS=MODEL.RETINANET.NUM_CLASSES 5")
+    assert_refused(proc, "dataset 'mgd_synth_train' has 4 categories but MODEL.RETINANET.NUM_CLASSES is 5; "
+                         "set MODEL.RETINANET.NUM_CLASSES 4", tmp_path / "out")
