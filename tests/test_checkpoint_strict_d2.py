@@ -238,8 +238,10 @@ def test_make_eval_teacher_reads_the_teachers_file_and_refuses_the_student(files
     datasets = " ".join(str(a) for a in synthetic_dataset_args(synth) if a != "--dataset")
     common = [f"MGD_OUTPUT={mgd_output}", f"EVAL_CONFIG={REPO / 'configs' / MGD}",
               f"DATASETS={datasets}", "EVAL_TEACHER=1"]
-    proc = make("eval", *common)  # only the student's file is there
-    assert proc.returncode != 0 and "model_final.teacher.pkl" in proc.stdout, proc.stdout[-3000:]
+    proc = make("eval", *common)  # only the student's file is there: not read for the teacher
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stdout[-3000:]
+    assert "model_final.teacher.pkl not found" in errors[0], errors[0]
     assert "Traceback" not in proc.stdout and not (mgd_output / "eval-teacher").exists()
     # the student's weights under the teacher's name: refused by their depth
     (mgd_output / "model_final.teacher.pkl").write_bytes(files["student.pkl"].read_bytes())
