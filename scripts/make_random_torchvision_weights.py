@@ -5,8 +5,9 @@ downloadable ImageNet weights), deterministically from a seed.
     python scripts/make_random_torchvision_weights.py --depth 18|34|50|101 OUT.pth [--seed N]
 
 The file has the same keys as torchvision's released resnet*.pth files, so Detectron2's
-tools/convert-torchvision-to-d2.py converts it exactly like a downloaded one. Written
-atomically (temporary file + rename).
+tools/convert-torchvision-to-d2.py converts it exactly like a downloaded one; `make weights
+RANDOM_INIT=1` then marks the converted pickle (scripts/random_init_marker.py), so it is never
+taken for ImageNet weights. Written atomically (temporary file + rename).
 """
 
 import os

@@ -5,7 +5,7 @@ cases are started together, a few at a time, by one module fixture (they are ind
 processes), and each test then checks its own case: exit code != 0, exactly one stderr line
 starting with ``error:`` and mentioning what is wrong, no output file and no temporary file
 left in the case's folder, and - for the hostile pickles - no file created by the payload.
-These inputs never need torch, so each process takes a fraction of a second.
+No input needs Detectron2; each process takes about the time of `import mgd` (torch).
 """
 
 import os
