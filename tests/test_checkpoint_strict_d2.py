@@ -74,6 +74,9 @@ def files(tmp_path_factory):
     save_d2_pickle(backbone18, paths["r-18.random.pkl"], author="torchvision", random_init=True)
     paths["r-18.pkl"] = root / "r-18.pkl"
     save_d2_pickle(backbone18, paths["r-18.pkl"], author="torchvision")
+    paths["student-80-classes.pkl"] = root / "student-80-classes.pkl"
+    save_d2_pickle(numpy_state(build(root, R18, ["MODEL.RETINANET.NUM_CLASSES", "80"])),
+                   paths["student-80-classes.pkl"])
     torch.save({"model": {k: torch.from_numpy(v) for k, v in r18.items()}, "iteration": 9},
                root / "r18_final.pth")
     paths["r18_final.pth"] = root / "r18_final.pth"
@@ -187,8 +190,10 @@ def assert_refused(proc, out: Path, *words) -> str:
     ([], MGD, "student.pkl", ["student.pkl", "not a teacher+student file", "make merge"]),
     ([], R18, "r-50.pkl", ["r-50.pkl", "the RetinaNet being trained is ResNet-18"]),
     (["--eval-only"], R18, "T50-S18.pkl", ["T50-S18.pkl", "MGD distillation checkpoint"]),
+    (["--eval-only"], MGD, "student-80-classes.pkl",
+     ["student-80-classes.pkl", "trained for 80 classes", "NUM_CLASSES 4"]),
 ], ids=["teacher-eval-of-student", "student-eval-of-teacher", "mgd-swapped", "mgd-from-one-net",
-        "base-wrong-depth", "plain-eval-of-distillation"])
+        "base-wrong-depth", "plain-eval-of-distillation", "eval-other-class-count"])
 def test_train_net_refuses_the_wrong_checkpoint(files, synth, tmp_path, flags, config, weights, words):
     out = tmp_path / "out"
     proc = run_train_net([*flags, "--config-file", REPO / "configs" / config,
