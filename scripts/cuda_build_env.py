@@ -16,7 +16,8 @@ exists, a symlink to the wheel's ``libcudart.so.<major>`` is made in LINK_DIR (a
 directory) and put on LIBRARY_PATH. TORCH_CUDA_ARCH_LIST is the user's, else the visible GPUs'
 compute capabilities, else DEFAULT_ARCH_LIST.
 
-Printed variables: MGD_BUILD_TARGET (one line saying what is built) and, for CUDA builds,
+Printed variables: MGD_BUILD_TARGET (one line saying what is built: "CPU only (why)" or
+"CUDA 13.0 archs 9.0 + CPU ops (details)"; the part before " (" identifies the build) and, for CUDA builds,
 FORCE_CUDA, CUDA_HOME, TORCH_CUDA_ARCH_LIST and, when needed, CPATH and LIBRARY_PATH.
 A problem is one ``error: ...`` line on stderr and exit status 2.
 """
@@ -178,7 +179,7 @@ def build_env(link_dir: Path) -> Dict[str, str]:
         old = os.environ.get("LIBRARY_PATH")
         env["LIBRARY_PATH"] = os.pathsep.join([str(linked)] + ([old] if old else []))
         notes.append(f"libcudart.so -> {(linked / 'libcudart.so').resolve()}")
-    target = f"CUDA {nvcc_cuda} for archs {env['TORCH_CUDA_ARCH_LIST']}, plus the CPU ops (nvcc: {home}/bin/nvcc"
+    target = f"CUDA {nvcc_cuda} archs {env['TORCH_CUDA_ARCH_LIST']} + CPU ops (nvcc: {home}/bin/nvcc"
     env["MGD_BUILD_TARGET"] = target + "".join(f"; {n}" for n in notes) + ")"
     return env
 

@@ -62,9 +62,10 @@ if ls detectron2/_C*.so >/dev/null 2>&1; then
     case $MGD_BUILD_TARGET/$built in
         CUDA*/"CPU only"*) rebuild="it has the CPU ops only" ;;
         CUDA*/"CUDA (archs not recorded)") rebuild= ;;
-        CUDA*/*) [ "${MGD_BUILD_TARGET%%,*}" = "${built%%,*}" ] && rebuild= || rebuild="it was built for ${built%%,*}" ;;
+        CUDA*/*) [ "${MGD_BUILD_TARGET%% (*}" = "${built%% (*}" ] && rebuild= || rebuild="it was built for ${built%% (*}" ;;
         *) rebuild= ;;  # a CUDA build has the CPU ops too
     esac
+    case $MGD_BUILD_TARGET/$built in CPU*/"CPU only") built=$MGD_BUILD_TARGET ;; esac  # say why
     if [ -n "$rebuild" ]; then
         say "rebuilding: $rebuild"
         rm -rf build detectron2/_C*.so

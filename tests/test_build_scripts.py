@@ -83,7 +83,7 @@ def test_force_cuda_fills_a_bare_toolkit_from_the_pip_wheels(tmp_path):
     assert proc.returncode == 0, proc.stderr
     env = _exports(proc.stdout)
     assert env["FORCE_CUDA"] == "1" and env["CUDA_HOME"] == str(home) and env["TORCH_CUDA_ARCH_LIST"] == "9.0"
-    assert env["MGD_BUILD_TARGET"].startswith(f"CUDA {major}.0 for archs 9.0")
+    assert env["MGD_BUILD_TARGET"].startswith(f"CUDA {major}.0 archs 9.0 + CPU ops (")
     assert "\n" not in env["MGD_BUILD_TARGET"]
     assert str(sparse[0]) in env["CPATH"].split(os.pathsep)
     assert env["LIBRARY_PATH"].split(os.pathsep)[0] == str(link_dir)
