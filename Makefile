@@ -105,7 +105,7 @@ test-fast: ## run the tests without the slow end-to-end ones
 	$(MAKE) --no-print-directory test PYTEST_ARGS='-m "not slow" $(PYTEST_ARGS)'
 
 .PHONY: test-detectron2
-test-detectron2: ## the pin's own tests/ (~30 s); fails on a failure not in tests/detectron2_expected_failures.txt
+test-detectron2: ## the pin's own tests/ (75 s of CPU); fails on a failure not in tests/detectron2_expected_failures.txt
 	@test -n "$(D2_BUILT)" || { echo "error: Detectron2 is not built; run 'make detectron2' first" >&2; exit 2; }
 	$(PYTHON) scripts/run_detectron2_tests.py $(DETECTRON2_DIR) tests/detectron2_expected_failures.txt
 
@@ -113,7 +113,7 @@ CUDA_CHECK_DIR   ?= build/cuda-check/detectron2
 CUDA_CHECK_ARCHS ?= 9.0
 CUDA_CHECK_JOBS  ?= 1
 .PHONY: check-cuda-build
-check-cuda-build: ## FORCE_CUDA=1 build of a copy in build/cuda-check (no GPU needed, ~8 min); checks every .cu compiled and _C reports CUDA
+check-cuda-build: ## FORCE_CUDA=1 build of a copy in build/cuda-check (no GPU needed; 6 min of CPU); checks every .cu compiled, _C reports CUDA
 	FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST='$(CUDA_CHECK_ARCHS)' MAX_JOBS=$(CUDA_CHECK_JOBS) bash scripts/get_detectron2.sh \
 	    $(CUDA_CHECK_DIR) $(if $(wildcard $(DETECTRON2_DIR)/.git),$(DETECTRON2_DIR),$(DETECTRON2_REPO)) $(DETECTRON2_COMMIT)
 	$(PYTHON) scripts/check_cuda_build.py $(CUDA_CHECK_DIR)
