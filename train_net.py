@@ -77,7 +77,8 @@ def check_run(args):
     cfg = setup_config(args)
     mode = dict(eval_only=args.eval_only, eval_teacher=args.eval_teacher, probe=args.probe_loss_factors)
     check_config(cfg, **mode)
-    check_datasets(cfg)
+    # training also evaluates on DATASETS.TEST at its end; the probe reads DATASETS.TRAIN only
+    check_datasets(cfg, train=not args.eval_only, test=not args.probe_loss_factors)
     check_weights(cfg, **mode, resume=args.resume)
 
 

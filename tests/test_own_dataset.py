@@ -76,6 +76,12 @@ def test_check_datasets_compares_categories_with_num_classes(synth, tmp_path):
     cfg.MODEL.RETINANET.NUM_CLASSES = 3
     with pytest.raises(DatasetError, match="has 4 categories but MODEL.RETINANET.NUM_CLASSES is 3"):
         check_datasets(cfg)
+    cfg.MODEL.RETINANET.NUM_CLASSES = 4
+    cfg.DATASETS.TEST = ("own_test_unregistered",)
+    check_datasets(cfg, test=False)  # the probe reads the training sets only
+    with pytest.raises(DatasetError, match="'own_test_unregistered' .* is not registered"):
+        check_datasets(cfg, train=False)  # an evaluation reads the test sets only
+    cfg.DATASETS.TEST = ()
     cfg.MODEL.RETINANET.NUM_CLASSES = 80  # COCO's, but the set is not there
     cfg.DATASETS.TRAIN = ("coco_2017_train",)
     if not (REPO / "datasets" / "coco").exists():

@@ -66,11 +66,13 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> int:
     return len(classes)
 
 
-def check_datasets(cfg) -> None:
-    """Every set in ``DATASETS.TRAIN`` and ``DATASETS.TEST`` is registered, its files exist
-    and (where its categories are known) their number is ``MODEL.RETINANET.NUM_CLASSES``."""
+def check_datasets(cfg, train: bool = True, test: bool = True) -> None:
+    """Every set the run reads (``DATASETS.TRAIN`` when ``train``, ``DATASETS.TEST`` when
+    ``test``) is registered, its files exist and (where its categories are known) their
+    number is ``MODEL.RETINANET.NUM_CLASSES``."""
     num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+    names = (list(cfg.DATASETS.TRAIN) if train else []) + (list(cfg.DATASETS.TEST) if test else [])
+    for name in names:
         if name not in DatasetCatalog.list():
             raise DatasetError(f"dataset {name!r} (DATASETS) is not registered; {_OWN_SET_HINT}")
         meta = MetadataCatalog.get(name)
