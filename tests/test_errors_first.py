@@ -170,3 +170,44 @@ def test_make_base_checks_the_class_count_of_a_dataset_passed_through(tmp_path, 
                     f"OUTPUT_DIR={tmp_path / 'out'}", f"DATASETS={datasets}", "OPTS=MODEL.RETINANET.NUM_CLASSES 5")
     assert_refused(proc, "dataset 'mgd_synth_train' has 4 categories but MODEL.RETINANET.NUM_CLASSES is 5; "
                          "set MODEL.RETINANET.NUM_CLASSES 4", tmp_path / "out")
+
+
+# ------------------------------------------------------------------ every MGD key, in process
+# (the same check_config train_net.py calls before anything is written; fast, no subprocess)
+CONFIG_CASES = {
+    "factor-zero-where-distilled": (["MGD.LOSS_FACTORS", "[5e7, 0, 5e6, 5e6, 0, 0, 0, 0, 0]"],
+                                    "MGD.LOSS_FACTORS[1] (c3) is 0 but c3 is distilled"),
+    "factors-count": (["MGD.LOSS_FACTORS", "[1.0, 1.0]"], "MGD.LOSS_FACTORS needs 9 entries"),
+    "student-depth": (["MGD.STUDENT.DEPTH", "20"], "MGD.STUDENT.DEPTH 20 is not a ResNet depth"),
+    "student-res2": (["MGD.STUDENT.RES2_OUT_CHANNELS", "256"], "MGD.STUDENT.RES2_OUT_CHANNELS must be 64 for R18"),
+    "teacher-norm": (["MGD.TEACHER.NORM", "XN"], "MGD.TEACHER.NORM 'XN' is not a norm"),
+    "stage-last-norm": (["MGD.STUDENT.STAGE_LAST_NORM", "gn"], "MGD.STUDENT.STAGE_LAST_NORM 'gn' is not a norm"),
+    "schedule-length": (["MGD.UPDATE_FREQ", "[5]"], "MGD.UPDATE_FREQ needs one more entry than MGD.UPDATE_SLOW_STEP"),
+    "schedule-order": (["MGD.UPDATE_FREQ", "[5, 5, 5]", "MGD.UPDATE_SLOW_STEP", "[20, 10]"],
+                       "MGD.UPDATE_SLOW_STEP must be increasing"),
+    "update-iter": (["MGD.UPDATE_ITER", "0"], "MGD.UPDATE_ITER must be >= 1"),
+    "reference-world-size": (["MGD.REFERENCE_WORLD_SIZE", "-1"], "MGD.REFERENCE_WORLD_SIZE must be >= 0"),
+}
+
+
+@pytest.mark.detectron2
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_check_config_refuses(case):
+    from detectron2.engine.mgd_setup import ConfigError, check_config, load_config
+
+    opts, message = CONFIG_CASES[case]
+    check_config(load_config(str(MGD_DEMO), []))  # the demo config itself passes
+    with pytest.raises(ConfigError) as caught:
+        check_config(load_config(str(MGD_DEMO), opts))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.detectron2
+def test_check_config_of_a_plain_retinanet():
+    from detectron2.engine.mgd_setup import ConfigError, check_config, load_config
+
+    check_config(load_config(str(R18_DEMO), []))
+    with pytest.raises(ConfigError, match="MODEL.RESNETS.DEPTH 19 is not a ResNet depth"):
+        check_config(load_config(str(R18_DEMO), ["MODEL.RESNETS.DEPTH", "19"]))
+    with pytest.raises(ConfigError, match="--probe-loss-factors needs an MGD config"):
+        check_config(load_config(str(R18_DEMO), []), probe=True)
