@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole MGD chain on CPU, on the synthetic set, with no download (`make demo`):
 #   data -> random-init torchvision R18/R50 converted by the pin's converter -> base R50 teacher
-#   -> base R18 student -> merge -> MGD-AMP distillation -> convert-all -> evaluate all three
-#   -> results table + plots.
+#   -> merge -> loss-factor probe -> for each seed 1..SEEDS: base R18 student, MGD-AMP
+#   distillation, convert-all, evaluation of both, matched cost of both to the teacher
+#   -> teacher evaluation -> results table (mean and spread over the seeds) + plots.
 # Every step runs the same make target a COCO user runs, with the demo configs and folders.
+# The teacher, the merge and the probe are shared by the seeds; seed s lives in DEMO_DIR/seed<s>.
 # A step whose output already exists is kept (delete DEMO_DIR, or `make demo-clean`, to redo all).
 set -euo pipefail
 DEMO_DIR=${DEMO_DIR:-output/demo}
@@ -13,6 +15,9 @@ MAKE_CMD=${MAKE:-make}
 # step, and extra arguments for the data generator.
 DEMO_OPTS=${DEMO_OPTS:-}
 DEMO_DATA_ARGS=${DEMO_DATA_ARGS:-}
+DEMO_EVAL_OPTS=${DEMO_EVAL_OPTS:-}   # extra config options for the evaluations
+SEEDS=${SEEDS:-1}                    # the students are trained with SEED 1..SEEDS
+[[ $SEEDS =~ ^[1-9][0-9]*$ ]] || { echo "error: SEEDS must be a whole number >= 1, got '$SEEDS'" >&2; exit 2; }
 CONFIGS=${D2_CONFIGS:-detectron2/configs/COCO-Detection}
 # the synthetic set, registered as any COCO-format set is (train_net.py --dataset, make DATASETS=)
 DATA=$DEMO_DIR/data
@@ -27,13 +32,13 @@ step() {  # step NAME OUTPUT COMMAND...: run COMMAND unless OUTPUT exists, and t
     shift 2
     if [ -n "$output" ] && [ -e "$output" ]; then
         echo "=== $name: $output exists, kept"
-        timings+=("$(printf '%-22s %8s' "$name" kept)")
+        timings+=("$(printf '%-28s %8s' "$name" kept)")
         return
     fi
     echo "=== $name"
     start=$(date +%s)
     "$@"
-    timings+=("$(printf '%-22s %7ss' "$name" $(( $(date +%s) - start )))")
+    timings+=("$(printf '%-28s %7ss' "$name" $(( $(date +%s) - start )))")
 }
 
 mkdir -p "$DEMO_DIR"
@@ -43,44 +48,70 @@ step "synthetic data" "$DEMO_DIR/data/synthetic.json" \
 step "weights (random init)" "$DEMO_DIR/weights/r-50.pkl" make_step weights RANDOM_INIT=1
 step "teacher R50" "$DEMO_DIR/base-R50/model_final.pth" make_step base DEPTH=50 \
     BASE_CONFIG="$CONFIGS/demo_retinanet_R_50.yaml" OUTPUT_DIR="$DEMO_DIR" OPTS="$DEMO_OPTS"
-step "student R18" "$DEMO_DIR/base-R18/model_final.pth" make_step base DEPTH=18 \
-    BASE_CONFIG="$CONFIGS/demo_retinanet_R_18.yaml" OUTPUT_DIR="$DEMO_DIR" OPTS="$DEMO_OPTS"
 step "merge" "" make_step merge TEACHER="$DEMO_DIR/base-R50/model_final.pth" \
     STUDENT="$DEMO_DIR/weights/r-18.pkl" MERGED="$DEMO_DIR/weights/T50-S18.pkl"
 # From random init the original's loss factors put the positions' losses orders of magnitude
-# apart; the probe rescales each to ~0.02 after its factor and the batch size (the original's rule).
+# apart; the probe rescales each to ~0.02 after its factor and the distillation divisor (the
+# original's rule).
 # shellcheck disable=SC2046  # word splitting intended: --dataset NAME JSON IMAGE_ROOT triples
 step "loss-factor probe" "$DEMO_DIR/loss_factors.txt" "$PYTHON" train_net.py --probe-loss-factors \
     $(printf -- '--dataset %s %s %s ' $DATASETS) \
     --probe-matching-batches 10 --probe-output "$DEMO_DIR/loss_factors.txt" \
     --config-file "$CONFIGS/demo_mgd_R50_R18.yaml" MODEL.WEIGHTS "$DEMO_DIR/weights/T50-S18.pkl" \
     OUTPUT_DIR "$DEMO_DIR/probe" $DEMO_OPTS
-step "MGD distillation" "$DEMO_DIR/mgd/model_final.pth" make_step distill \
-    MGD_CONFIG="$CONFIGS/demo_mgd_R50_R18.yaml" MERGED="$DEMO_DIR/weights/T50-S18.pkl" \
-    MGD_OUTPUT="$DEMO_DIR/mgd" OPTS="$(cat "$DEMO_DIR/loss_factors.txt") $DEMO_OPTS"
-step "convert-all" "" make_step convert-all MGD_OUTPUT="$DEMO_DIR/mgd"
 
 eval_step() {  # eval_step NAME CONFIG WEIGHTS OUTPUT [EVAL_TEACHER]
-    step "eval $1" "$4/eval_results.json" make_step eval EVAL_CONFIG="$2" EVAL_WEIGHTS="$3" \
-        EVAL_OUTPUT="$4" EVAL_TEACHER="${5:-}"
+    step "$1" "$4/eval_results.json" make_step eval EVAL_CONFIG="$2" EVAL_WEIGHTS="$3" \
+        EVAL_OUTPUT="$4" EVAL_TEACHER="${5:-}" OPTS="$DEMO_EVAL_OPTS"
 }
-eval_step teacher "$CONFIGS/demo_mgd_R50_R18.yaml" "$DEMO_DIR/mgd/model_final.pth" "$DEMO_DIR/eval/teacher" 1
-eval_step student "$CONFIGS/demo_retinanet_R_18.yaml" "$DEMO_DIR/base-R18/model_final.pth" "$DEMO_DIR/eval/student"
-eval_step "MGD student" "$CONFIGS/demo_mgd_R50_R18.yaml" "$DEMO_DIR/mgd/model_final.pkl" "$DEMO_DIR/eval/mgd"
+cost_step() {  # cost_step NAME STUDENT_WEIGHTS OUTPUT: matched cost of a student to the teacher
+    # shellcheck disable=SC2046
+    step "$1" "$3" "$PYTHON" scripts/measure_matched_cost.py \
+        $(printf -- '--dataset %s %s %s ' $DATASETS) --config-file "$CONFIGS/demo_mgd_R50_R18.yaml" \
+        --teacher "$DEMO_DIR/base-R50/model_final.pth" --student "$2" --out "$3"
+}
+# Both students of a seed share everything (schedule, data, input size, norms, seed, initial
+# weights) but the distillation.
+for seed in $(seq 1 "$SEEDS"); do
+    run=$DEMO_DIR/seed$seed
+    step "student R18, seed $seed" "$run/base-R18/model_final.pth" make_step base DEPTH=18 \
+        BASE_CONFIG="$CONFIGS/demo_retinanet_R_18.yaml" OUTPUT_DIR="$run" OPTS="SEED $seed $DEMO_OPTS"
+    step "MGD, seed $seed" "$run/mgd/model_final.pth" make_step distill \
+        MGD_CONFIG="$CONFIGS/demo_mgd_R50_R18.yaml" MERGED="$DEMO_DIR/weights/T50-S18.pkl" \
+        MGD_OUTPUT="$run/mgd" OPTS="$(cat "$DEMO_DIR/loss_factors.txt") SEED $seed $DEMO_OPTS"
+    step "convert-all, seed $seed" "$run/mgd/model_final.pkl" make_step convert-all MGD_OUTPUT="$run/mgd"
+    eval_step "eval student, seed $seed" "$CONFIGS/demo_retinanet_R_18.yaml" \
+        "$run/base-R18/model_final.pth" "$run/eval/student"
+    eval_step "eval MGD, seed $seed" "$CONFIGS/demo_mgd_R50_R18.yaml" "$run/mgd/model_final.pkl" \
+        "$run/eval/mgd"
+    cost_step "cost student, seed $seed" "$run/base-R18/model_final.pth" "$run/matched_cost_student.json"
+    cost_step "cost MGD, seed $seed" "$run/mgd/model_final.pth" "$run/matched_cost_mgd.json"
+done
+# The teacher as the distillation saw it: from seed 1's MGD checkpoint (t_net).
+eval_step "eval teacher" "$CONFIGS/demo_mgd_R50_R18.yaml" "$DEMO_DIR/seed1/mgd/model_final.pth" \
+    "$DEMO_DIR/eval/teacher" 1
 
+collect=(--collect teacher="$DEMO_DIR/eval/teacher/eval_results.json")
+for name in student mgd; do
+    for seed in $(seq 1 "$SEEDS"); do
+        collect+=(--collect "$name=$DEMO_DIR/seed$seed/eval/$name/eval_results.json")
+    done
+done
+for name in student mgd; do
+    for seed in $(seq 1 "$SEEDS"); do
+        collect+=(--matched-cost "$name=$DEMO_DIR/seed$seed/matched_cost_$name.json")
+    done
+done
 rm -f "$DEMO_DIR/results.json"
-"$PYTHON" scripts/summarize_results.py "$DEMO_DIR/results.json" \
-    --collect teacher="$DEMO_DIR/eval/teacher/eval_results.json" \
-    --collect student="$DEMO_DIR/eval/student/eval_results.json" \
-    --collect mgd="$DEMO_DIR/eval/mgd/eval_results.json" > "$DEMO_DIR/results.txt"
-"$PYTHON" scripts/plot_runs.py --runs teacher="$DEMO_DIR/base-R50" student="$DEMO_DIR/base-R18" \
-    mgd="$DEMO_DIR/mgd" --ap-table "$DEMO_DIR/results.json" --out "$DEMO_DIR/plots" > /dev/null
+"$PYTHON" scripts/summarize_results.py "$DEMO_DIR/results.json" "${collect[@]}" > "$DEMO_DIR/results.txt"
+"$PYTHON" scripts/plot_runs.py --runs teacher="$DEMO_DIR/base-R50" student="$DEMO_DIR/seed1/base-R18" \
+    mgd="$DEMO_DIR/seed1/mgd" --ap-table "$DEMO_DIR/results.json" --out "$DEMO_DIR/plots" > /dev/null
 
 echo
-echo "Step times (2-core CPU here; 'kept' = output already there):"
+echo "Step times ($(nproc) CPU cores here, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); 'kept' = output already there):"
 printf '  %s\n' "${timings[@]}"
-printf '  %-22s %7ss\n' total $(( $(date +%s) - demo_start ))
+printf '  %-28s %7ss\n' total $(( $(date +%s) - demo_start ))
 echo
-echo "COCO box AP on the synthetic val split ($DEMO_DIR/results.json):"
+echo "COCO box AP on the synthetic val split ($DEMO_DIR/results.json; students: mean ± std over $SEEDS seed(s)):"
 cat "$DEMO_DIR/results.txt"
 echo "Plots: $(ls "$DEMO_DIR"/plots/*.png | tr '\n' ' ')"
