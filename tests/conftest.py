@@ -1,36 +1,52 @@
-"""Test session setup: find the pinned Detectron2 checkout, skip its tests cleanly without it.
+"""Test session setup: find the pinned Detectron2 checkout; skip its tests without it, and never
+let a skip hide a broken build.
 
-Tests that need Detectron2 carry ``@pytest.mark.detectron2``. They run when ``detectron2/`` holds
-the built pinned checkout (``make detectron2``) with the overlay copied in (``make overlay``);
-otherwise they are skipped with a one-line reason. Everything else runs anywhere.
+Tests that need Detectron2 carry ``@pytest.mark.detectron2``. Without a built checkout
+(``detectron2/detectron2/_C*.so`` absent) they are skipped with a one-line reason and the
+session can pass. With a built checkout, the session imports what the integration tests use
+(``REQUIRED_MODULES`` and every overlay module, from the checkout) and refuses a stale overlay;
+then any ``detectron2`` test that skips, for whatever reason (a failed import here, an
+``importorskip`` in a module), fails the session, each skip listed with its reason. Tests that
+need a CUDA GPU also carry ``@pytest.mark.gpu``: their skips where there is none are expected.
 """
 import filecmp
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = REPO_ROOT / "detectron2"
-OVERLAY_DIRS = ("modeling/backbone", "modeling/meta_arch", "engine", "data")
+OVERLAY_DIRS = ("modeling/backbone", "modeling/meta_arch", "engine")
+#: what the integration tests import from the pin (the overlay's modules are added to these)
+REQUIRED_MODULES = (
+    "detectron2._C", "detectron2.config", "detectron2.checkpoint", "detectron2.structures",
+    "detectron2.modeling", "detectron2.engine", "detectron2.data", "detectron2.evaluation",
+    "detectron2.utils.events",
+)
+BUILT = bool(list((CHECKOUT / "detectron2").glob("_C*.so")))
+
+
+def overlay_modules() -> List[str]:
+    """Module names of the overlay's files (d2/<dir>/x.py -> detectron2.<dir>.x)."""
+    return [f"detectron2.{sub.replace('/', '.')}.{src.stem}"
+            for sub in OVERLAY_DIRS for src in sorted((REPO_ROOT / "d2" / sub).glob("*.py"))]
 
 
 def _detectron2_unavailable_reason() -> str:
-    """Empty string when the pinned Detectron2 can be imported, else why not (one line)."""
+    """Empty string when the pinned Detectron2 and the overlay import, else why not (one line)."""
     # The repository root is on sys.path, where `detectron2/` (the checkout) would otherwise be
     # imported as an empty namespace package: put the checkout itself first when it is built.
-    if list((CHECKOUT / "detectron2").glob("_C*.so")):
+    if BUILT:
         if str(CHECKOUT) not in sys.path:
             sys.path.insert(0, str(CHECKOUT))
     else:
         spec = importlib.util.find_spec("detectron2")
         if spec is None or spec.origin is None:  # absent, or only the empty checkout folder
             return "pinned Detectron2 not built here (run `make detectron2`)"
-    try:
-        import detectron2._C  # noqa: F401  (the compiled ops prove the build finished)
-    except ImportError as error:
-        return f"Detectron2 does not import: {error}"
     stale = [
         str(src.relative_to(REPO_ROOT))
         for sub in OVERLAY_DIRS
@@ -38,12 +54,25 @@ def _detectron2_unavailable_reason() -> str:
         if not (CHECKOUT / "detectron2" / sub / src.name).exists()
         or not filecmp.cmp(src, CHECKOUT / "detectron2" / sub / src.name, shallow=False)
     ]
-    if stale:
+    if BUILT and stale:
         pytest.exit(f"overlay out of date ({', '.join(stale)}): run `make overlay`", returncode=3)
+    for name in (*REQUIRED_MODULES, *overlay_modules()):
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # an ImportError, or any error raised while importing
+            return f"`import {name}` fails: {type(error).__name__}: {error}".splitlines()[0]
     return ""
 
 
 DETECTRON2_SKIP_REASON = _detectron2_unavailable_reason()
+#: node ids of the tests whose skip would hide a broken build (detectron2, not gpu)
+_GUARDED = set()
+#: "node id: reason" of each such skip in this session
+_HIDDEN_SKIPS: List[str] = []
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (its skips without one are expected)")
 
 
 def pytest_report_header(config):
@@ -51,9 +80,50 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "detectron2" in item.keywords and "gpu" not in item.keywords:
+            _GUARDED.add(item.nodeid)
     if not DETECTRON2_SKIP_REASON:
         return
     skip = pytest.mark.skip(reason=DETECTRON2_SKIP_REASON)
     for item in items:
         if "detectron2" in item.keywords:
             item.add_marker(skip)
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr).splitlines()[-1] if longrepr else "?"
+
+
+def pytest_collectreport(report):
+    # a whole module skipped at import (module-level importorskip): every such module here is
+    # a Detectron2 one
+    if BUILT and report.skipped:
+        _HIDDEN_SKIPS.append(f"{report.nodeid} (whole module): {_skip_reason(report)}")
+
+
+def pytest_runtest_logreport(report):
+    if BUILT and report.skipped and report.nodeid in _GUARDED:
+        _HIDDEN_SKIPS.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _HIDDEN_SKIPS and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _HIDDEN_SKIPS:
+        return
+    terminalreporter.section("skips that would hide a broken Detectron2", sep="=", red=True, bold=True)
+    terminalreporter.write_line(
+        f"error: the pinned Detectron2 is built (detectron2/detectron2/_C*.so), yet {len(_HIDDEN_SKIPS)} "
+        "Detectron2 test(s) or module(s) skipped; the session fails. Fix the cause (rebuild with "
+        "`make detectron2`, `make overlay`), or mark a GPU-only test `gpu`:")
+    if DETECTRON2_SKIP_REASON:
+        terminalreporter.write_line(f"  cause: {DETECTRON2_SKIP_REASON}")
+    for line in _HIDDEN_SKIPS:
+        terminalreporter.write_line(f"  {line}")

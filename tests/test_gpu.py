@@ -28,6 +28,7 @@ from test_d2_support import (
 
 pytestmark = [
     pytest.mark.detectron2,
+    pytest.mark.gpu,  # its skips without CUDA are expected (tests/conftest.py)
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (torch.cuda.is_available() is False)"),
 ]
 
