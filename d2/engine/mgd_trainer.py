@@ -50,6 +50,7 @@ class MGDTrainer(DefaultTrainer):
         self.checkpointer = MGDCheckpointer(
             self.model, cfg.OUTPUT_DIR, optimizer=self.optimizer, scheduler=self.scheduler,
             grad_scaler=_ScalerCheckpointable(self.grad_scaler),
+            loss_normalizer=_LossNormalizerCheckpointable(self.model),
         )
         _log_scale_rules(cfg, comm.get_world_size(), self.amp_enabled, use_scaler)
         for hook in self._hooks:  # the periodic checkpointer holds the old one
@@ -154,6 +155,27 @@ def _log_scale_rules(cfg, world_size: int, amp_enabled: bool, use_scaler: bool) 
         dtype = "float16 with loss scaling" if use_scaler else "bfloat16"
         logger.info(f"Mixed precision (SOLVER.AMP.ENABLED): forwards autocast to {dtype}; "
                     "the distillation loss, margins and matching in float32")
+
+
+class _LossNormalizerCheckpointable:
+    """RetinaNet's ``loss_normalizer`` (the running mean of foreground anchors that divides its
+    detection losses; a plain attribute upstream, outside the state_dict) as a checkpointable:
+    saved as ``loss_normalizer``, restored on resume, so a resumed run's losses continue where
+    they stopped instead of restarting the mean at 100. Under DDP each process keeps its own
+    mean; rank 0's is saved and every rank resumes from it. For MGD, the student's.
+    """
+
+    def __init__(self, model):
+        model = getattr(model, "module", model)
+        self.net = getattr(model, "s_net", model)
+
+    def state_dict(self) -> dict:
+        value = getattr(self.net, "loss_normalizer", None)
+        return {} if value is None else {"value": float(value)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "value" in state and hasattr(self.net, "loss_normalizer"):
+            self.net.loss_normalizer = float(state["value"])
 
 
 class _ScalerCheckpointable:
