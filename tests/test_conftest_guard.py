@@ -31,6 +31,12 @@ def test_needs_detectron2():
 @pytest.mark.gpu
 def test_needs_a_gpu():
     pytest.skip("no CUDA device here")
+
+
+@pytest.mark.detectron2
+@pytest.mark.xfail(reason="a known failure, not a skip", strict=True)
+def test_known_failure():
+    assert False
 '''
 
 
@@ -66,7 +72,7 @@ def run_pytest(root: Path) -> subprocess.CompletedProcess:
 def test_a_built_pin_that_imports_passes(tmp_path):
     proc = run_pytest(make_tree(tmp_path))
     assert proc.returncode == 0, proc.stdout
-    assert "2 passed, 1 skipped" in proc.stdout  # the GPU test's skip is expected
+    assert "2 passed, 1 skipped, 1 xfailed" in proc.stdout  # the GPU skip and the xfail are expected
 
 
 @pytest.mark.parametrize("broken", ["modeling", "engine", "data", "evaluation"])
@@ -111,5 +117,5 @@ def test_a_skip_at_run_time_fails_the_session_when_built(tmp_path):
 def test_without_a_built_pin_the_detectron2_tests_skip_and_pass(tmp_path):
     proc = run_pytest(make_tree(tmp_path, built=False, broken="modeling"))
     assert proc.returncode == 0, proc.stdout
-    assert "1 passed, 2 skipped" in proc.stdout
+    assert "1 passed, 3 skipped" in proc.stdout
     assert "pinned Detectron2 not built here" in proc.stdout
