@@ -10,7 +10,9 @@ pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importa
 
 import torch  # noqa: E402
 
-from mgd_reference import distilled_names, divisor_for_one_process, hooked_taps, naive_position_losses  # noqa: E402
+from mgd_reference import (  # noqa: E402
+    distilled_names, divisor_for_one_process, hooked_taps, naive_position_losses, randomise_norms,
+)
 from test_d2_support import import_overlay, load_cfg, synthetic_batch  # noqa: E402
 
 import_overlay()
@@ -41,16 +43,6 @@ def _random_matching(model, seed=0):
     d.reset_matching()
     d.accumulate_matching(s, t)
     d.finish_matching()
-
-
-def _randomise_norms(net, seed):
-    """Non-trivial affine/statistics in every norm, so margins and taps are informative."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if hasattr(m, "weight") and type(m).__name__ in ("FrozenBatchNorm2d", "GroupNorm"):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
 
 
 # -- structure and config ----------------------------------------------------------------
@@ -100,7 +92,7 @@ def test_margins_come_from_the_teacher_prerelu_norms(tmp_path):
     import mgd
 
     _, model = _model(tmp_path)
-    _randomise_norms(model.t_net, 3)
+    randomise_norms(model.t_net, 3)
     model.update_margins()
     block = model.t_net.backbone.bottom_up.res4[-1]
     expected = mgd.margins_from_affine(block.conv3.norm.weight, block.conv3.norm.bias)
@@ -161,8 +153,8 @@ def _grads(model):
                                              ("amp", "[3, 5, 6, 7, 8]")])
 def test_one_pass_equals_the_original_double_pass(tmp_path, reducer, ignore):
     cfg, model = _model(tmp_path, ["MGD.REDUCER", reducer, "MGD.IGNORE_INDS", ignore])
-    _randomise_norms(model.t_net, 1)
-    _randomise_norms(model.s_net, 2)
+    randomise_norms(model.t_net, 1)
+    randomise_norms(model.s_net, 2)
     _random_matching(model)
     model.train()
     batch = synthetic_batch(2, seed=5)
