@@ -108,10 +108,12 @@ rm -f "$DEMO_DIR/results.json"
     mgd="$DEMO_DIR/seed1/mgd" --ap-table "$DEMO_DIR/results.json" --out "$DEMO_DIR/plots" > /dev/null
 
 echo
-echo "Step times ($(nproc) CPU cores here, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); 'kept' = output already there):"
+load=$(uptime | sed 's/.*load averages*: //')   # other work on the machine inflates the times
+echo "Step times ($(getconf _NPROCESSORS_ONLN) CPU cores, load average now: $load; 'kept' = output already there):"
 printf '  %s\n' "${timings[@]}"
 printf '  %-28s %7ss\n' total $(( $(date +%s) - demo_start ))
 echo
-echo "COCO box AP on the synthetic val split ($DEMO_DIR/results.json; students: mean ± std over $SEEDS seed(s)):"
+echo "COCO box AP on the synthetic val split ($DEMO_DIR/results.json;"
+echo "students: mean ± std over $SEEDS seed(s)):"
 cat "$DEMO_DIR/results.txt"
 echo "Plots: $(ls "$DEMO_DIR"/plots/*.png | tr '\n' ' ')"
