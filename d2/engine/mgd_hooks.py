@@ -18,12 +18,13 @@ from typing import List, Sequence
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 
-__all__ = ["matching_update_due", "matching_schedule", "MGDMatchingHook", "unwrap_model", "assignment_digest"]
+__all__ = ["check_schedule", "matching_update_due", "matching_schedule", "MGDMatchingHook", "unwrap_model", "assignment_digest"]
 
 logger = logging.getLogger("detectron2.mgd")
 
 
-def _check_schedule(update_freq: Sequence[int], slow_steps: Sequence[int]) -> None:
+def check_schedule(update_freq: Sequence[int], slow_steps: Sequence[int]) -> None:
+    """Raise ValueError unless ``MGD.UPDATE_FREQ`` / ``MGD.UPDATE_SLOW_STEP`` form a schedule."""
     if len(update_freq) != len(slow_steps) + 1:
         raise ValueError(
             f"MGD.UPDATE_FREQ needs one more entry than MGD.UPDATE_SLOW_STEP, got "
@@ -39,7 +40,7 @@ def matching_update_due(
     iteration: int, start_iter: int, update_freq: Sequence[int], slow_steps: Sequence[int]
 ) -> bool:
     """Whether the matching is recomputed before training step ``iteration``."""
-    _check_schedule(update_freq, slow_steps)
+    check_schedule(update_freq, slow_steps)
     if iteration == start_iter:
         return True
     freq = update_freq[bisect.bisect_right(list(slow_steps), iteration)]
@@ -106,7 +107,7 @@ class MGDMatchingHook(HookBase):
     def __init__(self, cfg, log_every: int = 0):
         self.update_freq = list(cfg.MGD.UPDATE_FREQ)
         self.slow_steps = list(cfg.MGD.UPDATE_SLOW_STEP)
-        _check_schedule(self.update_freq, self.slow_steps)
+        check_schedule(self.update_freq, self.slow_steps)
         self.update_iter = int(cfg.MGD.UPDATE_ITER)
         if self.update_iter <= 0:
             raise ValueError(f"MGD.UPDATE_ITER must be > 0, got {self.update_iter}")

@@ -19,7 +19,7 @@ import yaml
 import detectron2
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine.mgd_checkpointer import check_weights_for_config
-from detectron2.engine.mgd_hooks import _check_schedule
+from detectron2.engine.mgd_hooks import check_schedule
 
 from mgd.checkpoint import DEPTH_LAYOUTS
 from mgd.config import add_mgd_config, is_mgd_config
@@ -171,7 +171,7 @@ def _check_mgd_keys(cfg: CfgNode) -> None:
         net = mgd[role]
         _check_net(f"MGD.{role}", net.DEPTH, net.RES2_OUT_CHANNELS, net.NORM, net.STAGE_LAST_NORM)
     try:
-        _check_schedule(list(mgd.UPDATE_FREQ), list(mgd.UPDATE_SLOW_STEP))
+        check_schedule(list(mgd.UPDATE_FREQ), list(mgd.UPDATE_SLOW_STEP))
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if mgd.UPDATE_ITER < 1:
