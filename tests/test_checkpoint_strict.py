@@ -100,6 +100,13 @@ def test_mgd_training_refuses_files_without_a_whole_teacher(shapes, words):
     assert words in refused(shapes, "train", **MGD)
 
 
+def test_mgd_training_refuses_a_file_without_the_students_backbone():
+    teacher_only = detector(50, 4, "t_net.")
+    assert "no student backbone (s_net.backbone.bottom_up.* keys)" in refused(teacher_only, "train", **MGD)
+    misplaced = {**detector(50, 4, "t_net."), **backbone(18, "s_net.bottom_up.")}  # a wrong prefix
+    assert "no student backbone" in refused(misplaced, "train", **MGD)
+
+
 def test_mgd_training_never_reinitialises_the_teachers_classifier():
     message = refused(merged(classes=80), "train", **MGD)
     assert "80 classes" in message and "NUM_CLASSES 4" in message and "never" in message
@@ -226,6 +233,11 @@ def test_missing_tensors():
     del incomplete["t_net.head.bbox_pred.bias"]
     assert "the teacher, which MGD training needs whole" in plan_refused(
         distilled(), incomplete, "train", mgd=True)
+    no_stem = merged()
+    del no_stem["s_net.backbone.bottom_up.stem.conv1.weight"]
+    message = plan_refused(distilled(), no_stem, "train", mgd=True)
+    assert "'s_net.backbone.bottom_up.stem.conv1.weight'" in message
+    assert "the student's backbone, which MGD training starts from" in message
 
 
 def test_config_buffers_are_not_compared():

@@ -16,7 +16,8 @@ Rules (roles: ``"train"``, ``"eval-student"``, ``"eval-teacher"``):
   output layer (``head.cls_score.*``; the student's in an MGD run) re-initialises it. Never
   for the teacher, never at evaluation;
 * a teacher where a student is expected, or the reverse (the depth is read from the keys);
-* an MGD run needs the whole teacher (``t_net.*``); an evaluation needs every tensor of
+* an MGD run needs the whole teacher (``t_net.*``) and the student's whole backbone
+  (``s_net.backbone.bottom_up.*``: its FPN and head may be new); an evaluation needs every tensor of
   the evaluated network; a plain training may start from ImageNet backbone weights
   (missing head keys are fine).
 
@@ -186,7 +187,11 @@ def _check_mgd_training(shapes: Shapes, name: str, kind: str, student_depth: Opt
                               "whole; merge a trained teacher in (make merge TEACHER=...)")
     found_teacher = resnet_depth(keys, teacher_prefix)
     has_student = any(k.startswith(student_prefix) for k in keys)
-    found_student = resnet_depth(keys, student_prefix) if has_student else None
+    if not has_student:
+        raise CheckpointError(f"{name} has no student backbone ({student_prefix}* keys): the "
+                              "student would start from nothing; merge the teacher with the "
+                              "student's backbone weights (make merge STUDENT=weights/r-18.pkl)")
+    found_student = resnet_depth(keys, student_prefix)
     swapped = (found_teacher == student_depth and found_student == teacher_depth
                and teacher_depth != student_depth)
     swap_hint = ("; the student where the teacher is expected and the reverse: merge them "
@@ -290,15 +295,20 @@ def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: str, *
 
     if role == "train" and not mgd:
         required: List[str] = []  # ImageNet backbone weights into a fresh detector: allowed
-    elif role == "train":
-        required = [k for k in model_shapes if k.startswith(TEACHER_PREFIX)]
+    elif role == "train":  # the whole teacher, and the student's backbone (the merge's two halves)
+        required = [k for k in model_shapes
+                    if k.startswith((TEACHER_PREFIX, STUDENT_PREFIX + D2_BACKBONE_PREFIX))]
     else:
         required = list(model_shapes)
     missing = sorted(k for k in required if k not in pairs and not _is_config_buffer(k))
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        whose = "the teacher, which MGD training needs whole" if role == "train" \
-            else _net_words(role, mgd)
+        if role != "train":
+            whose = _net_words(role, mgd)
+        elif missing[0].startswith(TEACHER_PREFIX):
+            whose = "the teacher, which MGD training needs whole"
+        else:
+            whose = "the student's backbone, which MGD training starts from (make merge)"
         raise CheckpointError(f"{name} lacks tensor {missing[0]!r}{more} of {whose}; pass a "
                               "complete checkpoint of that network")
     return sorted({ck for _, ck in differ}) if reinit else []
