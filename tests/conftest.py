@@ -20,7 +20,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKOUT = REPO_ROOT / "detectron2"
-OVERLAY_DIRS = ("modeling/backbone", "modeling/meta_arch", "engine")
+OVERLAY_DIRS = ("modeling/backbone", "modeling/meta_arch", "engine", "data")
 #: what the integration tests import from the pin (the overlay's modules are added to these)
 REQUIRED_MODULES = (
     "detectron2._C", "detectron2.config", "detectron2.checkpoint", "detectron2.structures",
