@@ -286,7 +286,7 @@ def main():
     amp_dtype = "float16" if args.device.startswith("cuda") else "bfloat16"
     print(f"mixed precision ({amp_dtype}): mgd step {ratio(med, 'mgd_amp', 'mgd'):.2f}x the float32 step, "
           f"floor {ratio(med, 'floor_amp', 'floor'):.2f}x, matching {ratio(med, 'match_amp', 'match'):.2f}x "
-          "(AMP rows are compared with the AMP floor)")
+          "(the AMP step rows' 'vs floor' is against floor_amp; match_amp's against the float32 match_floor)")
     goals = [  # (label, measured ratio, limit, the ratio must be <= limit?)
         ("step <= 1.10x floor", ratio(med, "mgd", "floor"), 1.10, True),
         ("double pass >= 1.6x slower than step", ratio(med, "double", "mgd"), 1.6, False),
