@@ -187,7 +187,7 @@ eval: overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG (the student; 
 # ---------------------------------------------------------------- demo, plots, benchmarks
 
 .PHONY: demo
-demo: overlay ## the whole chain on CPU on a synthetic COCO set, no download (SEEDS=n: n student seeds); AP and matched-cost tables, plots
+demo: detectron2 overlay ## the whole chain on CPU on a synthetic COCO set, no download (SEEDS=n: n student seeds); AP and matched-cost tables, plots
 	DEMO_DIR=$(DEMO_DIR) SEEDS=$(SEEDS) PYTHON=$(PYTHON) MAKE=$(MAKE) D2_CONFIGS=$(D2_CONFIGS) bash scripts/run_demo.sh
 
 .PHONY: demo-clean
