@@ -27,8 +27,9 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 OPTS = TINY_INPUT + ["MGD.IGNORE_INDS", "[3, 4, 5, 6, 7, 8]", "SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "()"]
 
 
-def test_probe_losses_scale_with_the_divisor(tmp_path):
-    register_synthetic_dataset(make_synthetic_dataset(tmp_path / "synth", train=8, val=2))
+def test_probe_losses_scale_with_the_divisor(tmp_path, tmp_path_factory):
+    # the session's shared set: its names (mgd_synth_*) can be registered once per process
+    register_synthetic_dataset(make_synthetic_dataset(tmp_path_factory.getbasetemp() / "mgd_synth_64"))
     torch.manual_seed(0)
     model = build_model(load_cfg(tmp_path, "demo_mgd_R50_R18.yaml", OPTS))
     torch.save({"model": model.state_dict()}, tmp_path / "weights.pth")
