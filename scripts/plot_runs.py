@@ -200,14 +200,9 @@ def plot_ap(plt, table, out_path, baseline="student", distilled="mgd"):
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(names) + 2), 4))
     for i, k in enumerate(METRICS):
-        vals = [table[n].get(k) if _number(table[n].get(k)) else 0.0 for n in names]
-        errs = [(table[n].get("std") or {}).get(k) for n in names]
-        errs = [e if _number(e) else 0.0 for e in errs]
-        bars = ax.bar(x + (i - (len(METRICS) - 1) / 2) * width, vals, width, label=k,
-                      yerr=errs if any(errs) else None, capsize=3)
-        for b, v in zip(bars, vals):
-            ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=7)
+        _bar_group(ax, x + (i - (len(METRICS) - 1) / 2) * width, width, k,
+                   [table[n].get(k) for n in names], [(table[n].get("std") or {}).get(k) for n in names],
+                   "{:.2f}")
     ax.set_xticks(x)
     ax.set_xticklabels([f"{n}\n({table[n]['n']} runs)" if table[n].get("n") else n
                         for n in names])
@@ -227,6 +222,17 @@ def plot_ap(plt, table, out_path, baseline="student", distilled="mgd"):
     return out_path
 
 
+def _bar_group(ax, xs, width, label, values, spreads, fmt):
+    """One series of a grouped bar chart: bars at ``xs`` (non-numbers drawn as 0), error bars
+    where a spread is known, each bar annotated with ``fmt``."""
+    vals = [v if _number(v) else 0.0 for v in values]
+    errs = [e if _number(e) else 0.0 for e in spreads]
+    bars = ax.bar(xs, vals, width, label=label, yerr=errs if any(errs) else None, capsize=3)
+    for b, v in zip(bars, vals):
+        ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+
+
 def plot_matched_cost(plt, table, out_path, baseline="student", distilled="mgd"):
     """Bars per position: each model's mean matched cost to the teacher (lower = closer)."""
     costs = table.get("matched_cost") or {}
@@ -242,14 +248,9 @@ def plot_matched_cost(plt, table, out_path, baseline="student", distilled="mgd")
     x = np.arange(len(positions))
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(positions) + 2), 4))
     for i, name in enumerate(names):
-        vals = [costs[name].get(p) if _number(costs[name].get(p)) else 0.0 for p in positions]
-        errs = [(spreads.get(name) or {}).get(p) for p in positions]
-        errs = [e if _number(e) else 0.0 for e in errs]
-        bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=name,
-                      yerr=errs if any(errs) else None, capsize=3)
-        for b, v in zip(bars, vals):
-            ax.annotate(f"{v:.3f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=7)
+        _bar_group(ax, x + (i - (len(names) - 1) / 2) * width, width, name,
+                   [costs[name].get(p) for p in positions], [(spreads.get(name) or {}).get(p) for p in positions],
+                   "{:.3f}")
     ax.set_xticks(x)
     ax.set_xticklabels(positions)
     ax.set_xlabel("distilled position")

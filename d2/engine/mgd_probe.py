@@ -18,7 +18,7 @@ from detectron2.engine.mgd_checkpointer import MGDCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
-from mgd.config import distillation_divisor, is_mgd_config
+from mgd.config import is_mgd_config
 
 __all__ = ["probe_loss_factors", "suggest_factors"]
 
@@ -61,9 +61,8 @@ def probe_loss_factors(cfg, target: float = 0.02, iters: int = 1, matching_batch
     if not is_mgd_config(cfg):
         raise ValueError("the loss-factor probe needs an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
     logger = logging.getLogger("detectron2")
-    divisor = distillation_divisor(cfg.SOLVER.IMS_PER_BATCH, cfg.MGD.REFERENCE_WORLD_SIZE,
-                                   comm.get_world_size())
     model = build_model(cfg)
+    divisor = model.loss_divisor  # the one training divides by (mgd.config.distillation_divisor)
     MGDCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     data = iter(build_detection_train_loader(cfg))
     model.eval()
