@@ -7,9 +7,25 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON            ?= python
+# Two tested Detectron2 targets: `pin` (default) is the MGD authors' PR #1820, where the paper's
+# numbers come from; `latest` is today's upstream main. Each lives in its own folder, so both can
+# be built side by side. DETECTRON2_DIR=<path> points at your own checkout instead.
+DETECTRON2        ?= pin
+DETECTRON2_PIN_COMMIT    := 369a57d333ff9c05c9dd42ab3c3d8156860dc710
+DETECTRON2_LATEST_COMMIT := 02b5c4e295e990042a714712c21dc79b731e8833
 DETECTRON2_REPO   ?= https://github.com/facebookresearch/detectron2.git
-DETECTRON2_COMMIT ?= 369a57d333ff9c05c9dd42ab3c3d8156860dc710
+ifeq ($(DETECTRON2),pin)
+DETECTRON2_COMMIT ?= $(DETECTRON2_PIN_COMMIT)
 DETECTRON2_DIR    ?= detectron2
+else ifeq ($(DETECTRON2),latest)
+DETECTRON2_COMMIT ?= $(DETECTRON2_LATEST_COMMIT)
+DETECTRON2_DIR    ?= detectron2-latest
+else
+$(error error: DETECTRON2 must be pin or latest, got '$(DETECTRON2)' (DETECTRON2_DIR=<path> uses your own checkout))
+endif
+# Python packages a target needs beyond requirements.txt (today's Detectron2 imports omegaconf and
+# hydra): installed into DETECTRON2_DIR/mgd-python-deps, never into the environment itself.
+DETECTRON2_EXTRA_REQUIREMENTS = $(wildcard requirements-detectron2-$(DETECTRON2).txt)
 DEPTH             ?= 50
 NUM_GPUS          ?= 1
 # Several machines: e.g. LAUNCH_ARGS="--num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT"
@@ -31,19 +47,25 @@ EVAL_TEACHER      ?=
 # convert-all writes the student to X.pkl and, with EVAL_TEACHER=1, the teacher to X.teacher.pkl
 EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final$(if $(EVAL_TEACHER),.teacher).pkl
 EVAL_OUTPUT       ?= $(MGD_OUTPUT)/eval$(if $(EVAL_TEACHER),-teacher)
-DEMO_DIR          ?= output/demo
+# (each Detectron2 target has its own demo folder: a step whose output exists is kept)
+DEMO_DIR          ?= output/demo$(if $(filter latest,$(DETECTRON2)),-latest)
 # The demo trains its two students with seeds 1..SEEDS (the teacher once) and reports mean and spread.
 SEEDS             ?= 1
 # Your own COCO-format sets: NAME JSON IMAGE_ROOT triples, registered for base/distill/eval
 # (train_net.py --dataset); name them in DATASETS.TRAIN / DATASETS.TEST through OPTS.
 DATASETS          ?=
-USER_VARIABLES := PYTHON DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS LAUNCH_ARGS OUTPUT_DIR \
+USER_VARIABLES := PYTHON DETECTRON2 DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS LAUNCH_ARGS OUTPUT_DIR \
                   WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
                   EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT BASE_CONFIG MGD_CONFIG \
                   DEMO_DIR SEEDS DATASETS PYTEST_ARGS
 
-# Make the in-place Detectron2 build and this repository importable for every command below.
-export PYTHONPATH := $(CURDIR)/$(DETECTRON2_DIR):$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+# Make the in-place Detectron2 build and this repository importable for every command below
+# (mgd/bootstrap.py does the same for a command run by hand: it reads MGD_DETECTRON2_DIR).
+# (The user's own PYTHONPATH is kept once, so that a recursive make for the other target does
+# not inherit this one's checkout.)
+export MGD_USER_PYTHONPATH ?= $(PYTHONPATH)
+export MGD_DETECTRON2_DIR := $(abspath $(DETECTRON2_DIR))
+export PYTHONPATH := $(MGD_DETECTRON2_DIR):$(MGD_DETECTRON2_DIR)/mgd-python-deps:$(CURDIR)$(if $(MGD_USER_PYTHONPATH),:$(MGD_USER_PYTHONPATH))
 
 D2_CONFIGS := $(DETECTRON2_DIR)/configs/COCO-Detection
 D2_PACKAGE := $(DETECTRON2_DIR)/detectron2
@@ -78,36 +100,55 @@ install: ## install the pinned Python requirements (reuses what is already insta
 	else echo "requirements: all installed"; fi
 
 .PHONY: detectron2
-detectron2: install ## clone the pinned Detectron2 (PR #1820), apply compat edits, build its C++ ops
-	bash scripts/get_detectron2.sh $(DETECTRON2_DIR) $(DETECTRON2_REPO) $(DETECTRON2_COMMIT)
+detectron2: install ## clone Detectron2 at DETECTRON2's commit (pin: PR #1820; latest: today's main) into DETECTRON2_DIR, apply compat edits, build its C++ ops
+	bash scripts/get_detectron2.sh $(DETECTRON2_DIR) $(DETECTRON2_REPO) $(DETECTRON2_COMMIT) $(DETECTRON2_EXTRA_REQUIREMENTS)
 
 .PHONY: overlay
-overlay: ## copy d2/ modules and configs/ into the Detectron2 checkout (idempotent)
-	@test -d $(D2_PACKAGE) || { echo "error: $(DETECTRON2_DIR) is missing; run 'make detectron2' first" >&2; exit 2; }
-	@n=0; for pair in modeling/backbone modeling/meta_arch engine data; do \
-	    for f in d2/$$pair/*.py; do [ -e "$$f" ] || continue; \
-	        cmp -s "$$f" "$(D2_PACKAGE)/$$pair/$$(basename $$f)" || { cp "$$f" "$(D2_PACKAGE)/$$pair/"; echo "copied $$f -> $(D2_PACKAGE)/$$pair/"; n=$$((n+1)); }; \
-	    done; done; \
+overlay: ## copy d2/ modules (d2/X/y.py -> detectron2/X/y.py) and configs/ into the Detectron2 checkout (idempotent)
+	@test -d $(D2_PACKAGE) || { echo "error: $(DETECTRON2_DIR) is missing; run 'make detectron2$(if $(filter latest,$(DETECTRON2)), DETECTRON2=latest)' first" >&2; exit 2; }
+	@n=0; for f in $$(cd d2 && find . -name '*.py' | sort); do f=$${f#./}; \
+	    cmp -s "d2/$$f" "$(D2_PACKAGE)/$$f" || { cp "d2/$$f" "$(D2_PACKAGE)/$$f"; echo "copied d2/$$f -> $(D2_PACKAGE)/$$f"; n=$$((n+1)); }; \
+	done; \
 	for f in configs/*.yaml; do [ -e "$$f" ] || continue; \
 	    cmp -s "$$f" "$(D2_CONFIGS)/$$(basename $$f)" || { cp "$$f" "$(D2_CONFIGS)/"; echo "copied $$f -> $(D2_CONFIGS)/"; n=$$((n+1)); }; \
 	done; echo "overlay: $$n files copied, the rest already up to date"
 
+# `make test` tests both Detectron2 targets: the whole suite on the pin (and the pin's own tests),
+# then the Detectron2 tests on today's Detectron2 (and its own tests), which it builds first when
+# git can reach upstream. `make test DETECTRON2=latest` (or DETECTRON2_DIR=...) tests that
+# checkout alone. PYTEST_MARKS selects tests by marker (e.g. "not slow").
+PYTEST_MARKS      ?=
+TEST_LATEST       ?= $(if $(and $(filter pin,$(DETECTRON2)),$(filter file,$(origin DETECTRON2_DIR))),1)
+ONLY_DETECTRON2   ?=
+_test_only         = $(if $(ONLY_DETECTRON2),detectron2)
+_test_marks        = $(strip $(_test_only) $(if $(and $(_test_only),$(PYTEST_MARKS)),and) $(if $(PYTEST_MARKS),($(PYTEST_MARKS))))
+
 .PHONY: test
-test: install ## build Detectron2 when possible, then run every test (Detectron2 tests skip without it)
+test: install ## build Detectron2 when possible, then run every test (both Detectron2 targets; Detectron2 tests skip without a build)
 	@if [ -n "$(D2_BUILT)" ] || $(MAKE) --no-print-directory detectron2; then \
 	    $(MAKE) --no-print-directory overlay; \
-	else echo "Detectron2 tests will be skipped: the pinned checkout could not be built (see the error above)"; fi
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	else echo "Detectron2 tests will be skipped: $(DETECTRON2_DIR) could not be built (see the error above)"; fi
+	@$(if $(TEST_LATEST),$(MAKE) --no-print-directory latest-for-tests)
+	$(PYTHON) -m pytest $(if $(_test_marks),-m "$(_test_marks)") $(PYTEST_ARGS)
 	@if ls $(D2_PACKAGE)/_C*.so >/dev/null 2>&1; then $(MAKE) --no-print-directory test-detectron2; fi
+	@$(if $(TEST_LATEST),if ls detectron2-latest/detectron2/_C*.so >/dev/null 2>&1; then \
+	    echo "=== the Detectron2 tests on today's Detectron2 (DETECTRON2=latest)"; \
+	    $(MAKE) --no-print-directory test DETECTRON2=latest ONLY_DETECTRON2=1 TEST_LATEST= PYTEST_MARKS='$(PYTEST_MARKS)'; fi)
+
+.PHONY: latest-for-tests
+latest-for-tests: # build today's Detectron2 for `make test`; skipped with one line when git cannot reach upstream
+	@rc=0; $(MAKE) --no-print-directory detectron2 DETECTRON2=latest || rc=$$?; \
+	if [ $$rc -eq 3 ]; then echo "today's Detectron2 (DETECTRON2=latest) is not tested: git cannot reach upstream"; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; else $(MAKE) --no-print-directory overlay DETECTRON2=latest; fi
 
 .PHONY: test-fast
 test-fast: ## run the tests without the slow end-to-end ones
-	$(MAKE) --no-print-directory test PYTEST_ARGS='-m "not slow" $(PYTEST_ARGS)'
+	$(MAKE) --no-print-directory test PYTEST_MARKS="not slow"
 
 .PHONY: test-detectron2
-test-detectron2: ## the pin's own tests/ (75 s of CPU); fails on a failure not in tests/detectron2_expected_failures.txt
-	@test -n "$(D2_BUILT)" || { echo "error: Detectron2 is not built; run 'make detectron2' first" >&2; exit 2; }
-	$(PYTHON) scripts/run_detectron2_tests.py $(DETECTRON2_DIR) tests/detectron2_expected_failures.txt
+test-detectron2: ## Detectron2's own tests/ in DETECTRON2_DIR; fails on a failure not in tests/detectron2_expected_failures.$(DETECTRON2).txt
+	@test -n "$(D2_BUILT)" || { echo "error: Detectron2 is not built in $(DETECTRON2_DIR); run 'make detectron2' first" >&2; exit 2; }
+	$(PYTHON) scripts/run_detectron2_tests.py $(DETECTRON2_DIR) tests/detectron2_expected_failures.$(DETECTRON2).txt
 
 CUDA_CHECK_DIR   ?= build/cuda-check/detectron2
 CUDA_CHECK_ARCHS ?= 9.0

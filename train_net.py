@@ -26,17 +26,19 @@ import os
 import sys
 import warnings
 
-from mgd.bootstrap import use_pinned_detectron2
+from mgd.bootstrap import describe_detectron2, use_detectron2
 
-use_pinned_detectron2(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+use_detectron2(REPO_ROOT)
 # the pin's torch.jit.script uses warn on today's torch at every import: noise before any error
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
 try:
-    import detectron2  # noqa: F401
+    import detectron2
 except ImportError:
     sys.exit("error: detectron2 is not importable; run `make detectron2` first")
 try:  # the overlay modules register the MGD backbone, meta-architecture and trainer
+    import detectron2.utils.mgd_compat  # noqa: F401
     import detectron2.modeling.backbone.mgd_resnet  # noqa: F401
     import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401
     from detectron2.data.mgd_datasets import DatasetError, check_datasets, register_coco_dataset
@@ -114,6 +116,7 @@ def evaluate(cfg, args):
 def main(args):
     cfg = setup_config(args)
     default_setup(cfg, args)  # logs, and saves the final config to OUTPUT_DIR/config.yaml
+    logging.getLogger("detectron2").info(describe_detectron2(REPO_ROOT, os.path.dirname(detectron2.__file__)))
     if args.probe_loss_factors:
         return probe_loss_factors(cfg, target=args.probe_target, iters=args.probe_iters,
                                   matching_batches=args.probe_matching_batches, output=args.probe_output)

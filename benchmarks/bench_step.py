@@ -35,7 +35,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "detectron2"), ROOT]
+sys.path.insert(0, ROOT)
+from mgd.bootstrap import use_detectron2  # noqa: E402
+
+use_detectron2(ROOT)  # the checkout `make` names (DETECTRON2=pin|latest), else detectron2/
 
 import torch  # noqa: E402
 

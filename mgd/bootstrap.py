@@ -1,25 +1,107 @@
-"""Make the pinned Detectron2 importable for this repository's entry points.
+"""Make Detectron2 importable for this repository's entry points and tests: one way, here.
 
-``make detectron2`` builds Detectron2 in place in ``<repo>/detectron2`` without installing it.
-From the repository root that folder alone would import as an empty namespace package
-``detectron2``; :func:`use_pinned_detectron2` puts the checkout itself first on ``sys.path``
-when no real Detectron2 is importable. No Detectron2 import happens here.
+``make detectron2`` builds Detectron2 in place, without installing it, in ``<repo>/detectron2``
+(``DETECTRON2=pin``, the default) or ``<repo>/detectron2-latest`` (``DETECTRON2=latest``);
+``DETECTRON2_DIR=<path>`` names any other checkout. The Makefile passes the chosen checkout
+to every command as ``MGD_DETECTRON2_DIR``; a command run by hand without it uses an installed
+Detectron2 if there is one, else ``<repo>/detectron2``. A checkout's own extra packages
+(``<checkout>/mgd-python-deps``, e.g. today's Detectron2's omegaconf) go on the path with it.
+
+No Detectron2 import happens here (``mgd`` stays framework-free).
 """
 import importlib.util
 import os
+import re
+import subprocess
 import sys
+from typing import Dict, List, Optional
 
-__all__ = ["use_pinned_detectron2"]
+__all__ = [
+    "CHECKOUT_ENV",
+    "detectron2_checkout",
+    "detectron2_import_paths",
+    "use_detectron2",
+    "tested_commits",
+    "checkout_commit",
+    "describe_detectron2",
+]
+
+#: the environment variable naming the Detectron2 checkout to use
+CHECKOUT_ENV = "MGD_DETECTRON2_DIR"
+_EXTRA_PACKAGES = "mgd-python-deps"
 
 
-def use_pinned_detectron2(repo_root: str) -> bool:
-    """Put ``repo_root/detectron2`` (the built checkout) first on ``sys.path`` when Detectron2
-    is not otherwise importable. Returns whether it did."""
-    checkout = os.path.join(os.path.abspath(repo_root), "detectron2")
-    spec = importlib.util.find_spec("detectron2")
-    installed = spec is not None and spec.origin is not None  # not the bare checkout folder
-    if installed or not os.path.isdir(os.path.join(checkout, "detectron2")):
+def detectron2_checkout(repo_root: str) -> str:
+    """The Detectron2 checkout this run uses: ``$MGD_DETECTRON2_DIR``, else ``<repo>/detectron2``."""
+    chosen = os.environ.get(CHECKOUT_ENV)
+    return os.path.abspath(chosen) if chosen else os.path.join(os.path.abspath(repo_root), "detectron2")
+
+
+def detectron2_import_paths(checkout: str) -> List[str]:
+    """What goes first on ``sys.path`` / PYTHONPATH for ``checkout``: the checkout itself
+    (``import detectron2`` finds its package there) and its extra packages if it has any."""
+    extra = os.path.join(checkout, _EXTRA_PACKAGES)
+    return [checkout] + ([extra] if os.path.isdir(extra) else [])
+
+
+def use_detectron2(repo_root: str) -> bool:
+    """Put the checkout of :func:`detectron2_checkout` first on ``sys.path``: always when
+    ``$MGD_DETECTRON2_DIR`` names it, else only when no installed Detectron2 is importable
+    (from the repository root, the bare ``detectron2/`` folder would otherwise import as an
+    empty namespace package). Returns whether it did."""
+    checkout = detectron2_checkout(repo_root)
+    if not os.path.isdir(os.path.join(checkout, "detectron2")):
         return False
-    if checkout not in sys.path:
-        sys.path.insert(0, checkout)
+    if not os.environ.get(CHECKOUT_ENV):
+        spec = importlib.util.find_spec("detectron2")
+        if spec is not None and spec.origin is not None:  # a real package, not the bare folder
+            return False
+    for path in reversed(detectron2_import_paths(checkout)):
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
     return True
+
+
+def tested_commits(repo_root: str) -> Dict[str, str]:
+    """{"pin": sha, "latest": sha}: the two Detectron2 commits this repository is tested on, as
+    the Makefile defines them (``DETECTRON2_PIN_COMMIT``, ``DETECTRON2_LATEST_COMMIT``)."""
+    try:
+        with open(os.path.join(repo_root, "Makefile")) as f:
+            text = f.read()
+    except OSError:
+        return {}
+    found = re.findall(r"^DETECTRON2_(PIN|LATEST)_COMMIT\s*:?=\s*([0-9a-f]{40})\s*$", text, re.M)
+    return {name.lower(): sha for name, sha in found}
+
+
+def checkout_commit(checkout: str) -> Optional[str]:
+    """The commit checked out in ``checkout`` (a git work tree), or None."""
+    try:
+        out = subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", sha) else None
+
+
+def describe_detectron2(repo_root: str, package_dir: str) -> str:
+    """One line: where the imported Detectron2 lives, its commit, and whether it is tested.
+
+    Args:
+        repo_root: this repository (its Makefile names the tested commits).
+        package_dir: the imported ``detectron2`` package folder (``dirname(detectron2.__file__)``).
+    """
+    checkout = os.path.dirname(os.path.abspath(package_dir))
+    sha = checkout_commit(checkout)
+    tested = {sha: name for name, sha in tested_commits(repo_root).items()}
+    if sha is None:
+        verdict = "commit unknown (not a git checkout): not one of the two tested commits"
+    elif sha in tested:
+        what = "the pinned commit (MGD authors' PR #1820)" if tested[sha] == "pin" else "today's main"
+        verdict = f"commit {sha[:12]}, {what}: tested (DETECTRON2={tested[sha]})"
+    else:
+        names = ", ".join(f"{name} {value[:12]}" for value, name in sorted(tested.items(), key=lambda kv: kv[1]))
+        verdict = f"commit {sha[:12]}: NOT one of the two tested commits ({names}); expect differences"
+    return f"Detectron2 at {checkout}: {verdict}"

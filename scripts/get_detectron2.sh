@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Get the pinned Detectron2 commit into DEST, apply the compatibility edits, build the C++ ops.
-# Usage: scripts/get_detectron2.sh DEST REPO_URL COMMIT
-# Re-running is a no-op once DEST is at COMMIT, patched and built.
+# Get a Detectron2 commit into DEST, apply the compatibility edits, build the C++ ops.
+# Usage: scripts/get_detectron2.sh DEST REPO_URL COMMIT [EXTRA_REQUIREMENTS]
+# Exit codes: 0 built, 2 an error, 3 git cannot reach REPO_URL (offline: nothing changed).
+# Re-running is a no-op once DEST is at COMMIT, patched and built. A checkout at another commit
+# is moved to COMMIT and rebuilt from scratch (never a _C*.so built from other sources), unless
+# it holds changes of its own (then it is refused). EXTRA_REQUIREMENTS (a pinned requirements
+# file) is installed with --no-deps into DEST/mgd-python-deps, on that checkout's import path only.
 set -euo pipefail
-dest=$1 repo=$2 commit=$3
+dest=$1 repo=$2 commit=$3 extra=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
+[ -z "$extra" ] || extra=$(realpath "$extra")
 python=${PYTHON:-python}
 
 say() { echo "[detectron2] $*"; }
 die() { echo "error: $*" >&2; exit 2; }
+unreachable() { echo "error: $*" >&2; exit 3; }  # git cannot reach the repository (offline): exit 3
 
 if [ ! -d "$dest/.git" ]; then
     [ -e "$dest" ] && [ -n "$(ls -A "$dest" 2>/dev/null)" ] && \
@@ -20,7 +26,7 @@ if [ ! -d "$dest/.git" ]; then
     if ! GIT_TERMINAL_PROMPT=0 timeout 600 git clone --quiet --no-checkout "$repo" "$tmp" 2>"$dest.clone.log"; then
         why=$(grep -v '^\s*$' "$dest.clone.log" | tail -1 | sed 's/^fatal: //')
         rm -rf "$tmp" "$dest.clone.log"
-        die "cannot clone $repo ($why); offline, point git at a mirror: make detectron2 DETECTRON2_REPO=/path/to/detectron2-mirror"
+        unreachable "cannot clone $repo ($why); offline, point git at a mirror: make detectron2 DETECTRON2_REPO=/path/to/detectron2-mirror"
     fi
     rm -f "$dest.clone.log"
     mv "$tmp" "$dest"
@@ -28,16 +34,28 @@ if [ ! -d "$dest/.git" ]; then
 fi
 
 cd "$dest"
+head=$(git rev-parse HEAD 2>/dev/null || true)
+if [ -z "${cloned:-}" ] && [ -n "$head" ] && [ "$head" != "$commit" ]; then
+    # Another commit is checked out: only the files our compatibility edits touch may differ
+    # from it (anything else is somebody's work, which a checkout would destroy).
+    own=$(git status --porcelain --untracked-files=no | sed 's/^...//' \
+          | grep -vxF -f <("$python" "$here/patch_detectron2.py" --list) || true)
+    [ -z "$own" ] && [ -z "$(git status --porcelain --untracked-files=no | grep -v '^ M' || true)" ] || \
+        die "$dest is at ${head:0:12}, not ${commit:0:12}, and holds changes of its own ($(echo $own | head -c 120)); commit or stash them, or use another DETECTRON2_DIR"
+    say "$dest is at ${head:0:12}: moving it to ${commit:0:12} and rebuilding from scratch"
+    git checkout --quiet --force "$head"  # drop the compatibility edits made for that commit
+    rm -rf build detectron2/_C*.so
+fi
 # A fresh --no-checkout clone has no files yet even when its HEAD is already the pin
 # (a clone of a local checkout of the pin).
-if [ -n "${cloned:-}" ] || [ "$(git rev-parse HEAD 2>/dev/null || true)" != "$commit" ]; then
+if [ -n "${cloned:-}" ] || [ "$head" != "$commit" ]; then
     if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
         # The pin is Detectron2 PR #1820 and lies on no branch: fetch the PR ref (it contains the
         # pin as an ancestor), or the commit itself where the server allows fetching by SHA.
         say "fetching pull/1820/head (the pinned commit is on no branch)"
         GIT_TERMINAL_PROMPT=0 git fetch --quiet origin pull/1820/head 2>/dev/null \
             || GIT_TERMINAL_PROMPT=0 git fetch --quiet origin "$commit" \
-            || die "cannot fetch $commit from $(git remote get-url origin); check the network or DETECTRON2_REPO"
+            || unreachable "cannot fetch $commit from $(git remote get-url origin); check the network or DETECTRON2_REPO"
     fi
     git cat-file -e "$commit^{commit}" 2>/dev/null || die "$commit is not in $(git remote get-url origin)"
     say "checking out $commit"
@@ -47,6 +65,25 @@ fi
 say "at $commit (verified)"
 
 "$python" "$here/patch_detectron2.py" .
+
+if [ -n "$extra" ]; then  # the packages this commit imports beyond requirements.txt
+    deps=mgd-python-deps want=$(sha1sum < "$extra" | cut -c1-12)
+    if [ "$(cat "$deps/.installed-from" 2>/dev/null || true)" != "$want" ]; then
+        say "installing $extra into $dest/$deps (this checkout's import path only)"
+        rm -rf "$deps"
+        "$python" -m pip install --quiet --root-user-action=ignore --no-deps --no-compile --target "$deps" -r "$extra" \
+            || die "could not install $extra into $dest/$deps (see pip's message above)"
+        echo "$want" > "$deps/.installed-from"
+    fi
+fi
+
+commit_stamp=build/mgd-build-commit.txt
+if ls detectron2/_C*.so >/dev/null 2>&1 && [ "$(cat "$commit_stamp" 2>/dev/null || true)" != "$commit" ]; then
+    # a build whose sources are not known to be this commit's (made by hand, or before the
+    # commit was recorded): never keep it
+    say "rebuilding: the existing _C*.so was not built from ${commit:0:12} here"
+    rm -rf build detectron2/_C*.so
+fi
 
 # What to build: CPU ops, or CPU + CUDA ops (see scripts/cuda_build_env.py for the rules:
 # FORCE_CUDA=1/0, TORCH_CUDA_ARCH_LIST, CUDA_HOME; MAX_JOBS limits parallel compile jobs).
@@ -82,7 +119,7 @@ if ! ls detectron2/_C*.so >/dev/null 2>&1; then
         tail -20 build.log >&2
         die "building Detectron2's extension failed; the full log is $dest/build.log"
     }
-    mkdir -p build && echo "$MGD_BUILD_TARGET" > "$stamp"
+    mkdir -p build && echo "$MGD_BUILD_TARGET" > "$stamp" && echo "$commit" > "$commit_stamp"
     say "build took $((SECONDS - start)) s"
     built=$MGD_BUILD_TARGET
 fi

@@ -34,12 +34,12 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from mgd.bootstrap import use_pinned_detectron2  # noqa: E402
+from mgd.bootstrap import use_detectron2  # noqa: E402
 from mgd.checkpoint import (  # noqa: E402
     STUDENT_PREFIX, TEACHER_PREFIX, CheckpointError, atomic_write, load_checkpoint)
 from mgd.cli import OneLineArgumentParser  # noqa: E402
 
-use_pinned_detectron2(REPO_ROOT)
+use_detectron2(REPO_ROOT)
 
 
 class MeasureError(Exception):

@@ -89,8 +89,11 @@ def patch(root: Path) -> int:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--list"]:  # the files an edit may touch (scripts/get_detectron2.sh)
+        print("\n".join(edit.path for edit in EDITS))
+        return
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python scripts/patch_detectron2.py DETECTRON2_CHECKOUT")
+        raise SystemExit("usage: python scripts/patch_detectron2.py DETECTRON2_CHECKOUT | --list")
     changed = patch(Path(sys.argv[1]))
     print(f"[detectron2] compatibility edits: {len(EDITS)} checked, {changed} files changed now")
 

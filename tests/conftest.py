@@ -1,5 +1,9 @@
-"""Test session setup: find the pinned Detectron2 checkout; skip its tests without it, and never
-let a skip hide a broken build.
+"""Test session setup: find the Detectron2 checkout under test; skip its tests without it, and
+never let a skip hide a broken build.
+
+The checkout is the one ``make`` names (``DETECTRON2=pin``: ``detectron2/``; ``latest``:
+``detectron2-latest/``; or ``DETECTRON2_DIR``), passed as ``MGD_DETECTRON2_DIR``; without it,
+``detectron2/`` (:mod:`mgd.bootstrap`).
 
 Tests that need Detectron2 carry ``@pytest.mark.detectron2``. Without a built checkout
 (``detectron2/detectron2/_C*.so`` absent) they are skipped with a one-line reason and the
@@ -19,8 +23,11 @@ from typing import List
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CHECKOUT = REPO_ROOT / "detectron2"
-OVERLAY_DIRS = ("modeling/backbone", "modeling/meta_arch", "engine", "data")
+sys.path.insert(0, str(REPO_ROOT))
+from mgd.bootstrap import describe_detectron2, detectron2_checkout, detectron2_import_paths  # noqa: E402
+
+#: the checkout under test: DETECTRON2=pin (detectron2/), latest (detectron2-latest/) or DETECTRON2_DIR
+CHECKOUT = Path(detectron2_checkout(str(REPO_ROOT)))
 #: what the integration tests import from the pin (the overlay's modules are added to these)
 REQUIRED_MODULES = (
     "detectron2._C", "detectron2.config", "detectron2.checkpoint", "detectron2.structures",
@@ -30,32 +37,35 @@ REQUIRED_MODULES = (
 BUILT = bool(list((CHECKOUT / "detectron2").glob("_C*.so")))
 
 
+def overlay_files() -> List[Path]:
+    """The overlay's files, relative to d2/ (d2/X/y.py is copied to detectron2/X/y.py)."""
+    return sorted(src.relative_to(REPO_ROOT / "d2") for src in (REPO_ROOT / "d2").rglob("*.py"))
+
+
 def overlay_modules() -> List[str]:
-    """Module names of the overlay's files (d2/<dir>/x.py -> detectron2.<dir>.x)."""
-    return [f"detectron2.{sub.replace('/', '.')}.{src.stem}"
-            for sub in OVERLAY_DIRS for src in sorted((REPO_ROOT / "d2" / sub).glob("*.py"))]
+    """Module names of the overlay's files (d2/X/y.py -> detectron2.X.y)."""
+    return ["detectron2." + ".".join(rel.with_suffix("").parts) for rel in overlay_files()]
 
 
 def _detectron2_unavailable_reason() -> str:
-    """Empty string when the pinned Detectron2 and the overlay import, else why not (one line)."""
+    """Empty string when the Detectron2 under test and the overlay import, else why not (one line)."""
     # The repository root is on sys.path, where `detectron2/` (the checkout) would otherwise be
     # imported as an empty namespace package: put the checkout itself first when it is built.
     if BUILT:
-        if str(CHECKOUT) not in sys.path:
-            sys.path.insert(0, str(CHECKOUT))
+        for path in reversed(detectron2_import_paths(str(CHECKOUT))):
+            if path not in sys.path:
+                sys.path.insert(0, path)
     else:
         spec = importlib.util.find_spec("detectron2")
         if spec is None or spec.origin is None:  # absent, or only the empty checkout folder
-            return "pinned Detectron2 not built here (run `make detectron2`)"
+            return f"Detectron2 not built at {CHECKOUT} (run `make detectron2`)"
     stale = [
-        str(src.relative_to(REPO_ROOT))
-        for sub in OVERLAY_DIRS
-        for src in sorted((REPO_ROOT / "d2" / sub).glob("*.py"))
-        if not (CHECKOUT / "detectron2" / sub / src.name).exists()
-        or not filecmp.cmp(src, CHECKOUT / "detectron2" / sub / src.name, shallow=False)
+        f"d2/{rel}" for rel in overlay_files()
+        if not (CHECKOUT / "detectron2" / rel).exists()
+        or not filecmp.cmp(REPO_ROOT / "d2" / rel, CHECKOUT / "detectron2" / rel, shallow=False)
     ]
     if BUILT and stale:
-        pytest.exit(f"overlay out of date ({', '.join(stale)}): run `make overlay`", returncode=3)
+        pytest.exit(f"overlay out of date in {CHECKOUT} ({', '.join(stale)}): run `make overlay`", returncode=3)
     for name in (*REQUIRED_MODULES, *overlay_modules()):
         try:
             importlib.import_module(name)
@@ -76,7 +86,9 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    return f"detectron2: {DETECTRON2_SKIP_REASON or 'pinned checkout available'}"
+    if DETECTRON2_SKIP_REASON:
+        return f"detectron2: {DETECTRON2_SKIP_REASON}"
+    return describe_detectron2(str(REPO_ROOT), str(CHECKOUT / "detectron2"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -121,7 +133,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     terminalreporter.section("skips that would hide a broken Detectron2", sep="=", red=True, bold=True)
     terminalreporter.write_line(
-        f"error: the pinned Detectron2 is built (detectron2/detectron2/_C*.so), yet {len(_HIDDEN_SKIPS)} "
+        f"error: Detectron2 is built ({CHECKOUT}/detectron2/_C*.so), yet {len(_HIDDEN_SKIPS)} "
         "Detectron2 test(s) or module(s) skipped; the session fails. Fix the cause (rebuild with "
         "`make detectron2`, `make overlay`), or mark a GPU-only test `gpu`:")
     if DETECTRON2_SKIP_REASON:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not built here (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not built here (run `make detectron2`)")
 
 import torch  # noqa: E402
 

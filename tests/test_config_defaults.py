@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2", reason="pinned Detectron2 not built here (run `make detectron2`)")
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2", reason="Detectron2 not built here (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 from detectron2.solver import build_optimizer  # noqa: E402

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 from test_d2_support import CHECKOUT, REPO, config_dir, import_overlay  # noqa: E402
 

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 import torch  # noqa: E402
 

@@ -2,9 +2,9 @@
 import pytest
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2", reason="pinned Detectron2 not built here (run `make detectron2`)")
+pytest.importorskip("detectron2", reason="Detectron2 not built here (run `make detectron2`)")
 # the checkout folder alone is an empty namespace package "detectron2": need the real one
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -20,6 +20,7 @@ from detectron2.modeling.backbone.mgd_resnet import (  # noqa: E402
     build_mgd_retinanet_resnet_fpn_backbone,
     prerelu_norm,
 )
+from detectron2.utils.mgd_compat import resnet_stages  # noqa: E402
 
 CONFIGS = {18: "retinanet_torchvision_R_18_FPN_1x.yaml", 50: "retinanet_torchvision_R_50_FPN_1x.yaml"}
 
@@ -118,8 +119,8 @@ def test_taps_match_a_hook_reference_on_upstream_blocks(tmp_path):
         return lambda m, i, o: captured.__setitem__(name, o.clone())
 
     handles = []
-    for stage, block in upstream.bottom_up.last_blocks().items() if hasattr(upstream.bottom_up, "last_blocks") else \
-            [(n, s[-1]) for s, n in upstream.bottom_up.stages_and_names]:
+    stages = {n: s for s, n in resnet_stages(upstream.bottom_up)}
+    for stage, block in ((n, s[-1]) for n, s in stages.items()):
         handles.append(block.conv3.register_forward_hook(keep(stage + "/conv3")))
         handles.append(block.register_forward_pre_hook(
             lambda m, i, stage=stage: captured.__setitem__(stage + "/in", i[0].clone())))
@@ -130,6 +131,6 @@ def test_taps_match_a_hook_reference_on_upstream_blocks(tmp_path):
     for h in handles:
         h.remove()
     for stage in ("res2", "res3", "res4", "res5"):
-        block = dict((n, s[-1]) for s, n in upstream.bottom_up.stages_and_names)[stage]
+        block = stages[stage][-1]
         shortcut = captured[stage + "/in"] if block.shortcut is None else block.shortcut(captured[stage + "/in"])
         torch.testing.assert_close(taps[f"{stage}_prerelu"], captured[stage + "/conv3"] + shortcut)

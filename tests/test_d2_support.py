@@ -13,7 +13,11 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKOUT = REPO / "detectron2"
+sys.path.insert(0, str(REPO))
+from mgd.bootstrap import CHECKOUT_ENV, detectron2_checkout, detectron2_import_paths  # noqa: E402
+
+#: the Detectron2 checkout under test (tests/conftest.py: DETECTRON2=pin|latest, or DETECTRON2_DIR)
+CHECKOUT = Path(detectron2_checkout(str(REPO)))
 SYNTH_SIZE = 64
 
 # small images and schedules for tests (c5 left out where not needed: solving its 512 x 2048
@@ -111,11 +115,19 @@ def register_synthetic_dataset(root) -> None:
         register_coco_dataset(*args[i + 1:i + 4])
 
 
+def detectron2_env(checkout: Path = CHECKOUT) -> dict:
+    """The environment of a subprocess that imports Detectron2 from ``checkout`` (and this
+    repository), as the Makefile sets it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*detectron2_import_paths(str(checkout)), str(REPO)])
+    env[CHECKOUT_ENV] = str(checkout)
+    return env
+
+
 def run_train_net(args, synth_root=None, timeout=600, check=True, cwd=REPO):
     """Run train_net.py in a subprocess, with the synthetic set at ``synth_root`` (if given)
     registered; returns CompletedProcess (stdout+stderr in .stdout)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT), str(REPO)])
+    env = detectron2_env()
     env.setdefault("OMP_NUM_THREADS", "2")
     datasets = synthetic_dataset_args(synth_root) if synth_root is not None else []
     proc = subprocess.run(

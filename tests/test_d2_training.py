@@ -4,9 +4,9 @@ import json
 import pytest
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2", reason="pinned Detectron2 not built here (run `make detectron2`)")
+pytest.importorskip("detectron2", reason="Detectron2 not built here (run `make detectron2`)")
 # the checkout folder alone is an empty namespace package "detectron2": need the real one
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 import torch  # noqa: E402
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not built here (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not built here (run `make detectron2`)")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHORT_RUN = "SOLVER.MAX_ITER 4 MGD.UPDATE_ITER 2 MGD.UPDATE_FREQ [2,4] MGD.UPDATE_SLOW_STEP [2]"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2", reason="pinned Detectron2 not built here (run `make detectron2`)")
+pytest.importorskip("detectron2", reason="Detectron2 not built here (run `make detectron2`)")
 
 import torchvision  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_d2_support import REPO, make_synthetic_dataset, run_train_net, synthetic_dataset_args
+from test_d2_support import REPO, detectron2_env, make_synthetic_dataset, run_train_net, synthetic_dataset_args
 
 MGD_DEMO = REPO / "configs" / "demo_mgd_R50_R18.yaml"
 R18_DEMO = REPO / "configs" / "demo_retinanet_R_18.yaml"
@@ -113,8 +113,7 @@ def test_builtin_coco_without_its_files_says_where_they_are_looked_for(tmp_path,
         [sys.executable, REPO / "train_net.py", "--config-file", REPO / "configs" / "mgd_retinanet_R50_R18_FPN_1x.yaml",
          "MODEL.WEIGHTS", merged, "OUTPUT_DIR", out],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
-        env={**os.environ, "DETECTRON2_DATASETS": str(env_root),
-             "PYTHONPATH": os.pathsep.join([str(REPO / "detectron2"), str(REPO)])},
+        env={**detectron2_env(), "DETECTRON2_DATASETS": str(env_root)},
     )
     line = assert_refused(proc, "dataset 'coco_2017_train': annotation file", out)
     assert str(env_root) in line and "--dataset NAME JSON IMAGE_ROOT" in line

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
-from test_d2_support import REPO, import_overlay, load_cfg, make_synthetic_dataset, run_train_net  # noqa: E402
+from test_d2_support import CHECKOUT, REPO, import_overlay, load_cfg, make_synthetic_dataset, run_train_net  # noqa: E402
 from test_errors_first import assert_refused  # noqa: E402
 
 import_overlay()
@@ -106,7 +106,7 @@ def test_make_base_trains_on_a_set_named_by_the_user(tmp_path, synth):
     pth = weights / "resnet18.pth"
     subprocess.run([sys.executable, REPO / "scripts" / "make_random_torchvision_weights.py", "--depth", "18", pth],
                    check=True, cwd=REPO, stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, REPO / "detectron2" / "tools" / "convert-torchvision-to-d2.py", pth,
+    subprocess.run([sys.executable, CHECKOUT / "tools" / "convert-torchvision-to-d2.py", pth,
                     weights / "r-18.pkl"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     datasets = (f"shapes_train {synth}/annotations/instances_train.json {synth}/train "
                 f"shapes_val {synth}/annotations/instances_val.json {synth}/val")

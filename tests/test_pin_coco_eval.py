@@ -71,14 +71,14 @@ def pin_stats(json_file: str, image_root: str, dets: list) -> dict:
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
-    from detectron2.evaluation import COCOEvaluator
     from detectron2.structures import Boxes, Instances
+    from detectron2.utils.mgd_compat import coco_evaluator
 
     name = f"test_pin_coco_eval_{uuid.uuid4().hex[:8]}"
     register_coco_instances(name, {}, json_file, image_root)
     DatasetCatalog.get(name)  # loads the json: sets the dataset-id -> contiguous-id metadata
     to_contiguous = MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id
-    evaluator = COCOEvaluator(name, get_cfg(), distributed=False)
+    evaluator = coco_evaluator(name, get_cfg(), output_dir=None)  # one process: nothing to gather
     evaluator.reset()
     images = {im["id"]: im for im in json.load(open(json_file))["images"]}
     for image_id, image in images.items():

@@ -6,7 +6,7 @@ exactly 8 times apart (divisors 2 * 8 = 16 and 2)."""
 import pytest
 
 pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 import torch  # noqa: E402
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -5,9 +5,9 @@ import re
 import pytest
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2", reason="pinned Detectron2 not built here (run `make detectron2`)")
+pytest.importorskip("detectron2", reason="Detectron2 not built here (run `make detectron2`)")
 # the checkout folder alone is an empty namespace package "detectron2": need the real one
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 from test_d2_support import (  # noqa: E402
     REPO,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.detectron2
-pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not built here (run `make detectron2`)")
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not built here (run `make detectron2`)")
 
 from conftest import CHECKOUT, REPO_ROOT  # noqa: E402
 from test_scripts_support import malicious_checkpoint  # noqa: E402

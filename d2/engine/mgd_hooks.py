@@ -17,6 +17,7 @@ from typing import List, Sequence
 
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
+from detectron2.utils.mgd_compat import training_data_iter
 
 __all__ = ["check_schedule", "matching_update_due", "matching_schedule", "MGDMatchingHook", "unwrap_model", "assignment_digest"]
 
@@ -145,8 +146,9 @@ class MGDMatchingHook(HookBase):
         start = time.perf_counter()
         try:
             model.reset_matching()
+            data = training_data_iter(trainer)
             for done in range(1, total + 1):
-                model.accumulate_matching(next(trainer._data_loader_iter))
+                model.accumulate_matching(next(data))
                 if done % self.log_every == 0 or done == total:
                     elapsed = time.perf_counter() - start
                     eta = elapsed / done * (total - done)

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from detectron2.engine.launch import _find_free_port
 from detectron2.engine.launch import launch as _upstream_launch
 from detectron2.utils import comm
+from detectron2.utils.mgd_compat import create_local_process_group
 
 __all__ = ["launch"]
 
@@ -48,9 +49,5 @@ def _cpu_worker(local_rank, main_func, world_size, procs_per_machine, machine_ra
         raise
     comm.synchronize()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs_per_machine))
-    assert comm._LOCAL_PROCESS_GROUP is None
-    for i in range(world_size // procs_per_machine):
-        group = dist.new_group(list(range(i * procs_per_machine, (i + 1) * procs_per_machine)))
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
+    create_local_process_group(procs_per_machine)
     main_func(*args)

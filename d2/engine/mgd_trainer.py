@@ -3,30 +3,42 @@
 ``MGDTrainer`` is upstream's DefaultTrainer with:
 
 * COCO evaluation (``COCOEvaluator``) for every ``DATASETS.TEST`` entry;
-* DDP built with ``find_unused_parameters=True`` and ``broadcast_buffers=False``, and
-  without ``device_ids`` on CPU (gloo), so multi-process CPU runs work;
+* DDP built the same way on every Detectron2 version (``mgd_compat.build_ddp``:
+  ``find_unused_parameters=True``, ``broadcast_buffers=False``, no ``device_ids`` on CPU, so
+  multi-process gloo runs work);
 * the MGD matching hook (``mgd_hooks.MGDMatchingHook``) when the model is MGDRetinaNet;
 * mixed precision under ``SOLVER.AMP.ENABLED`` (``run_step``: float16 autocast with a
   ``GradScaler`` on CUDA, bfloat16 autocast on CPU; the scaler's state is checkpointed);
 * upstream's ``SOLVER.REFERENCE_WORLD_SIZE`` auto-scaling applied to the MGD schedule too
   (``scale_to_world_size``), and the distillation divisor (``MGD.REFERENCE_WORLD_SIZE``)
   stated once in the log;
-* ``MGDCheckpointer`` (``mgd_checkpointer``): checkpoints read as data and loaded strictly.
+* ``MGDCheckpointer`` (``mgd_checkpointer``): checkpoints read as data and loaded strictly,
+  with upstream's checkpointables (whatever this Detectron2 saves: the iteration, optimizer and
+  scheduler) plus the loss scaler and RetinaNet's foreground normaliser, so resume is exact.
+
+Where the pinned and today's Detectron2 differ, this module goes through
+``detectron2.utils.mgd_compat``.
 """
 import logging
 import os
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.engine.defaults import DefaultTrainer
 from detectron2.engine.mgd_checkpointer import MGDCheckpointer, strip_prefix
 from detectron2.engine.mgd_hooks import MGDMatchingHook
 from detectron2.engine.mgd_sync_check import ParameterDigestHook
-from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling.meta_arch.mgd_retinanet import autocast
 from detectron2.utils import comm
+from detectron2.utils.mgd_compat import (
+    build_ddp,
+    coco_evaluator,
+    ddp_built_by,
+    set_loss_normalizer,
+    training_data_iter,
+    write_metrics,
+)
 
 from mgd.config import distillation_divisor, is_mgd_config
 
@@ -40,15 +52,18 @@ class MGDTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         cfg = scale_to_world_size(cfg, comm.get_world_size())
-        super().__init__(cfg)
+        with ddp_built_by(build_ddp):
+            super().__init__(cfg)
         self.amp_enabled = bool(cfg.SOLVER.AMP.ENABLED)
         self.device = torch.device(cfg.MODEL.DEVICE)
         # float16 needs loss scaling; bfloat16 (CPU) has float32's range and does not
         use_scaler = self.amp_enabled and self.device.type == "cuda"
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        # same checkpointables as upstream plus the loss scaler's state, read safely
+        # upstream's checkpointables (whatever this Detectron2 saves: at the pin the optimizer
+        # and scheduler; today the trainer, holding the iteration, optimizer and scheduler),
+        # plus the loss scaler and the foreground normaliser; files read safely
         self.checkpointer = MGDCheckpointer(
-            self.model, cfg.OUTPUT_DIR, optimizer=self.optimizer, scheduler=self.scheduler,
+            self.model, cfg.OUTPUT_DIR, **self.checkpointer.checkpointables,
             grad_scaler=_ScalerCheckpointable(self.grad_scaler),
             loss_normalizer=_LossNormalizerCheckpointable(self.model),
         )
@@ -61,7 +76,7 @@ class MGDTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(dataset_name, cfg, True, output_folder)
+        return coco_evaluator(dataset_name, cfg, output_folder)
 
     def run_step(self):
         """Upstream's step, or under ``SOLVER.AMP.ENABLED`` the same step with the forward
@@ -71,30 +86,22 @@ class MGDTrainer(DefaultTrainer):
             return super().run_step()
         assert self.model.training, "[MGDTrainer] model was changed to eval mode!"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        data = next(training_data_iter(self))
         data_time = time.perf_counter() - start
         with autocast(self.device, True):
             loss_dict = self.model(data)
         losses = sum(loss.float() for loss in loss_dict.values())
         self.optimizer.zero_grad()
         self.grad_scaler.scale(losses).backward()
-        self._write_metrics({**loss_dict, "data_time": data_time})
-        self._detect_anomaly(losses, loss_dict)
+        write_metrics(self, loss_dict, data_time)  # raises on non-finite losses
         # unscales before the optimizer's step, so gradient clipping sees true gradients;
         # steps with inf/NaN gradients are skipped and the scale lowered
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
 
     def wrap_model_with_ddp(self, cfg, model):
-        if comm.get_world_size() == 1:
-            return model
-        on_cuda = next(model.parameters()).device.type == "cuda"
-        return DistributedDataParallel(
-            model,
-            device_ids=[comm.get_local_rank()] if on_cuda else None,
-            broadcast_buffers=False,
-            find_unused_parameters=True,
-        )
+        """The pin's DDP hook (PR #1820); today's Detectron2 goes through ``ddp_built_by``."""
+        return build_ddp(model)
 
     def build_hooks(self):
         hooks = super().build_hooks()
@@ -170,12 +177,12 @@ class _LossNormalizerCheckpointable:
         self.net = getattr(model, "s_net", model)
 
     def state_dict(self) -> dict:
-        value = getattr(self.net, "loss_normalizer", None)
+        value = getattr(self.net, "loss_normalizer", None)  # today: absent before the first step
         return {} if value is None else {"value": float(value)}
 
     def load_state_dict(self, state: dict) -> None:
-        if "value" in state and hasattr(self.net, "loss_normalizer"):
-            self.net.loss_normalizer = float(state["value"])
+        if "value" in state:
+            set_loss_normalizer(self.net, state["value"])
 
 
 class _ScalerCheckpointable:

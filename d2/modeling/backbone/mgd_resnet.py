@@ -32,6 +32,7 @@ from detectron2.modeling.backbone.resnet import (
     ResNet,
     build_resnet_backbone,
 )
+from detectron2.utils.mgd_compat import resnet_stages
 
 __all__ = [
     "MGDResNet",
@@ -89,7 +90,7 @@ class MGDResNet(ResNet):
             raise TypeError(f"expected an upstream ResNet, got {type(resnet).__name__}")
         if resnet.num_classes is not None:
             raise ValueError("MGD taps need a ResNet without the classification head")
-        for stage, _ in resnet.stages_and_names:
+        for stage, _ in resnet_stages(resnet):
             _check_block(stage[-1])
         resnet.__class__ = cls
         resnet.expose_taps = False
@@ -97,11 +98,11 @@ class MGDResNet(ResNet):
 
     def last_blocks(self):
         """{stage name: last block} for res2..res5 (those built)."""
-        return {name: stage[-1] for stage, name in self.stages_and_names}
+        return {name: stage[-1] for stage, name in resnet_stages(self)}
 
     def tap_channels(self):
         """{tap key: channels} of the taps this network produces."""
-        return {tap_key(n): self._out_feature_channels[n] for _, n in self.stages_and_names}
+        return {tap_key(n): self._out_feature_channels[n] for _, n in resnet_stages(self)}
 
     def forward(self, x):
         if not self.expose_taps:
@@ -111,7 +112,7 @@ class MGDResNet(ResNet):
         x = self.stem(x)
         if "stem" in self._out_features:
             outputs["stem"] = x
-        for stage, name in self.stages_and_names:
+        for stage, name in resnet_stages(self):
             for block in stage[:-1]:
                 x = block(x)
             tap = block_forward_prerelu(stage[-1], x)
@@ -129,7 +130,7 @@ def apply_stage_last_norm(resnet: ResNet, norm: str, freeze_at: int) -> int:
     Returns how many norm layers were replaced.
     """
     replaced = 0
-    for stage_idx, (stage, _) in enumerate(resnet.stages_and_names, start=2):
+    for stage_idx, (stage, _) in enumerate(resnet_stages(resnet), start=2):
         if freeze_at >= stage_idx:
             continue
         block = stage[-1]
