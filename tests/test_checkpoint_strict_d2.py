@@ -86,7 +86,7 @@ def files(tmp_path_factory):
 # ---- the loader's key matching, reproduced -------------------------------------------------
 
 def test_match_keys_pairs_what_detectron2_loads(files):
-    """match_keys(heuristics=True) against the pin's align_and_update_state_dicts: the model
+    """match_keys(heuristics=True) against Detectron2's align_and_update_state_dicts: the model
     keys whose values it replaced are exactly the pairs (of equal shape) we predict."""
     from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 
@@ -97,7 +97,9 @@ def test_match_keys_pairs_what_detectron2_loads(files):
     ckpt["cls_score.bias"] = torch.ones(model_state["head.cls_score.bias"].shape)  # short suffix
     ckpt["fpn_output3.weight"] = torch.ones(1)  # matches by name, wrong shape
     loaded = dict(model_state)
-    align_and_update_state_dicts(loaded, ckpt, c2_conversion=False)
+    returned = align_and_update_state_dicts(loaded, ckpt, c2_conversion=False)
+    if returned is not None:  # today's Detectron2 returns the renamed checkpoint; the pin updates in place
+        loaded = {k: returned.get(k, v) for k, v in model_state.items()}
     replaced = {k for k in model_state if loaded[k].numel() and bool((loaded[k] == 1).all())}
     pairs = match_keys(sorted(model_state), sorted(ckpt), heuristics=True)
     predicted = {m for m, c in pairs.items() if model_state[m].shape == ckpt[c].shape}

@@ -35,6 +35,7 @@ from detectron2.utils.mgd_compat import (
     build_ddp,
     coco_evaluator,
     ddp_built_by,
+    get_loss_normalizer,
     set_loss_normalizer,
     training_data_iter,
     write_metrics,
@@ -177,8 +178,7 @@ class _LossNormalizerCheckpointable:
         self.net = getattr(model, "s_net", model)
 
     def state_dict(self) -> dict:
-        value = getattr(self.net, "loss_normalizer", None)  # today: absent before the first step
-        return {} if value is None else {"value": float(value)}
+        return {"value": get_loss_normalizer(self.net)}
 
     def load_state_dict(self, state: dict) -> None:
         if "value" in state:

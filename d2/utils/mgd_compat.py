@@ -45,6 +45,8 @@ __all__ = [
     "write_metrics",
     "build_ddp",
     "ddp_built_by",
+    "INITIAL_LOSS_NORMALIZER",
+    "get_loss_normalizer",
     "set_loss_normalizer",
     "coco_evaluator",
     "create_local_process_group",
@@ -119,10 +121,20 @@ def ddp_built_by(build):
         defaults.create_ddp_model = original
 
 
+#: RetinaNet's ``loss_normalizer`` before its first training step, on every version
+INITIAL_LOSS_NORMALIZER = 100.0
+
+
+def get_loss_normalizer(retinanet: nn.Module) -> float:
+    """RetinaNet's running foreground count (``loss_normalizer``), which divides its detection
+    losses. Today's RetinaNet creates the attribute lazily at its first step (until then it
+    starts from the same 100 the pin sets in ``__init__``)."""
+    return float(getattr(retinanet, "loss_normalizer", INITIAL_LOSS_NORMALIZER))
+
+
 def set_loss_normalizer(retinanet: nn.Module, value: float) -> None:
-    """Set RetinaNet's running foreground count (``loss_normalizer``), which divides its
-    detection losses; today's RetinaNet creates the attribute lazily at its first step, so
-    ``hasattr`` is no test of whether it is used."""
+    """Set RetinaNet's ``loss_normalizer`` (the lazily created attribute too: ``hasattr`` is no
+    test of whether it is used)."""
     retinanet.loss_normalizer = float(value)
 
 
