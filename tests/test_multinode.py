@@ -13,10 +13,11 @@ import sys
 import pytest
 
 from test_d2_support import (
-    CHECKOUT,
+    CHECKOUT_ENV,
     REPO,
     TINY_INPUT,
     config_dir,
+    detectron2_env,
     import_overlay,
     load_cfg,
     make_synthetic_dataset,
@@ -59,7 +60,8 @@ def test_two_machines_on_loopback_train_in_step(tmp_path):
     cfg = config_dir(tmp_path) / "demo_mgd_R50_R18.yaml"
     weights = _initial_weights(tmp_path)
     url = f"tcp://127.0.0.1:{_free_port()}"
-    env = {"PYTHONPATH": f"{CHECKOUT}:{REPO}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    env = {**{k: v for k, v in detectron2_env().items() if k in ("PYTHONPATH", CHECKOUT_ENV)},
+           "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     machines = []
     for rank in (0, 1):
         command = [sys.executable, str(REPO / "train_net.py"), *synthetic_dataset_args(synth),
