@@ -44,7 +44,7 @@ def own_runs(tmp_path):
     _metrics(tmp_path / "mgd", 3)
     _evaluation(tmp_path / "mgd" / "eval", 7.0, "student", "mgd/model_final.pkl")
     _evaluation(tmp_path / "mgd" / "eval-teacher", 12.0, "teacher", "mgd/model_final.teacher.pkl")
-    _evaluation(tmp_path / "mgd" / "eval" / "previous-1", 1.0, "student", "old.pkl")  # kept, not shown
+    _evaluation(tmp_path / "mgd" / "previous-1", 1.0, "student", "old.pkl")  # an earlier one kept: not shown
     return tmp_path
 
 
