@@ -66,8 +66,9 @@ USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
 def setup_config(args, parsed=None):
     """The frozen config of this run, with the --dataset sets registered in this process
     (``parsed``: a dict to leave their parsed JSON in, for ``check_datasets``)."""
+    progress = (lambda line: print(line, flush=True)) if parsed is not None else None
     for name, json_file, image_root in args.dataset or ():
-        register_coco_dataset(name, json_file, image_root, parsed=parsed)
+        register_coco_dataset(name, json_file, image_root, parsed=parsed, progress=progress)
     cfg = load_config(args.config_file, args.opts)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on CPU (multi-process runs use gloo)

@@ -7,10 +7,12 @@ Writes, once (kept in --dir for later runs), a COCO instances JSON with COCO tra
 counts (118,287 images, 860,001 annotations, 80 categories; each annotation with a
 24-point polygon so the file is about COCO's 448 MB) and one small JPEG per image (64-112 x
 48-80 px; only headers are read, so the pixel count does not matter). Then times, one run
-each: the JSON parse, listing the image folder, PIL's header read per image, and
-``check_coco_set`` with its default size sample and with every size read. ``--cold`` evicts
-the image files from the page cache first (posix_fadvise DONTNEED, no root needed) for the
-all-sizes run. Reports the load average: the machine may be shared.
+each, wall-clock and CPU seconds: the JSON parse, listing the image folder, PIL's header read
+per image, ``check_coco_set`` of the parsed JSON with its default size sample and with every
+size read, and (``--detectron2``, with the pin on PYTHONPATH) Detectron2's own
+``load_coco_json`` of the file, which every run pays anyway. ``--cold`` evicts the image files
+from the page cache first (posix_fadvise DONTNEED, no root needed) for the all-sizes run.
+Reports the load average: the machine may be shared.
 """
 import argparse
 import json
@@ -21,7 +23,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "d2", "data"))  # the checks import nothing of Detectron2
-from mgd_coco_checks import SIZE_SAMPLE, check_coco_set  # noqa: E402
+import mgd_coco_checks as checks  # noqa: E402
 
 
 def write_set(folder: str, images: int, annotations: int) -> str:
@@ -69,36 +71,65 @@ def evict(folder: str) -> None:
             os.close(fd)
 
 
+class Timer:
+    """Wall-clock and CPU seconds of a block (CPU: this process; I/O waits are not CPU)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+    def __str__(self):
+        return f"{self.wall:.1f} s wall, {self.cpu:.1f} s CPU"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", required=True, help="folder for the generated set (kept)")
     p.add_argument("--images", type=int, default=118287)
     p.add_argument("--annotations", type=int, default=860001)
     p.add_argument("--cold", action="store_true", help="evict the images from the page cache first")
+    p.add_argument("--detectron2", action="store_true",
+                   help="also time Detectron2's own load_coco_json of the file (what a run pays anyway)")
     args = p.parse_args()
     json_file = write_set(args.dir, args.images, args.annotations)
     image_dir = os.path.join(args.dir, "images")
     print(f"set: {json_file} ({os.path.getsize(json_file) / 2**20:.0f} MiB), {args.images} images, "
-          f"{args.annotations} annotations; load average {os.getloadavg()[0]:.2f}")
+          f"{args.annotations} annotations; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
 
-    start = time.perf_counter()
-    with open(json_file) as f:
-        data = json.load(f)
-    print(f"json.load: {time.perf_counter() - start:.1f} s")
-    start = time.perf_counter()
-    names = set(os.listdir(image_dir))
-    print(f"one listing of the image folder: {time.perf_counter() - start:.2f} s ({len(names)} names)")
+    with Timer() as t:
+        with open(json_file) as f:
+            data = json.load(f)
+    print(f"json.load: {t}")
+    with Timer() as t:
+        names = set(os.listdir(image_dir))
+    print(f"one listing of the image folder ({len(names)} names): {t}")
+    sample = sorted(names)[:: max(1, len(names) // 2000)]
+    with Timer() as t:
+        for name in sample:
+            checks._image_size(os.path.join(image_dir, name))
+    print(f"PIL header read: {1e6 * t.wall / len(sample):.0f} us wall, {1e6 * t.cpu / len(sample):.0f} us CPU "
+          f"per image ({len(sample)} images, warm cache)")
 
-    check = check_coco_set("bench", json_file, image_dir, data=data)
+    with Timer() as t:
+        check = checks.check_coco_set("bench", json_file, image_dir, data=data)
     assert not check.errors and not check.warnings, (check.errors, check.warnings)
-    print(f"check, sizes of {check.sizes_read} images (default sample {SIZE_SAMPLE}), JSON already "
-          f"parsed: {check.seconds:.1f} s")
+    print(f"check of the parsed JSON, sizes of {check.sizes_read} images (the default sample): {t}")
     if args.cold:
         evict(image_dir)
-    check = check_coco_set("bench", json_file, image_dir, data=data, all_sizes=True)
+    with Timer() as t:
+        check = checks.check_coco_set("bench", json_file, image_dir, data=data, all_sizes=True)
     assert not check.errors, check.errors
-    print(f"check, every size read{' (cold page cache)' if args.cold else ''}: {check.seconds:.1f} s "
-          f"({1e6 * check.seconds / check.images:.0f} us per image, all included)")
+    print(f"check of the parsed JSON, every size read{' (cold page cache)' if args.cold else ''}: {t}")
+    del data
+    if args.detectron2:
+        from detectron2.data.datasets import load_coco_json
+
+        with Timer() as t:
+            load_coco_json(json_file, image_dir, "bench_coco_like")
+        print(f"Detectron2's load_coco_json of the same file: {t}")
     print(f"load average now {os.getloadavg()[0]:.2f}")
 
 

@@ -49,13 +49,14 @@ def coco_categories(json_file: str, data: Optional[dict] = None) -> List[str]:
 
 
 def register_coco_dataset(name: str, json_file: str, image_root: str,
-                          parsed: Optional[Dict[str, dict]] = None) -> int:
+                          parsed: Optional[Dict[str, dict]] = None,
+                          progress: Optional[Callable[[str], None]] = None) -> int:
     """Register the COCO instances set ``json_file`` (images under ``image_root``) as ``name``.
 
     Idempotent for the same files. Its ``thing_classes`` are read now, so the class count can
     be checked before training. ``parsed``: a dict where the parsed JSON is left (under its
-    absolute path) for :func:`check_datasets`, which then does not read it again. Returns the
-    number of categories.
+    absolute path) for :func:`check_datasets`, which then does not read it again; ``progress``
+    is called with a line before a large JSON is read. Returns the number of categories.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if not os.path.isfile(json_file):
@@ -68,12 +69,18 @@ def register_coco_dataset(name: str, json_file: str, image_root: str,
             raise DatasetError(f"dataset name {name!r} is already taken (by {registered}); "
                                "choose another NAME for --dataset")
         return len(MetadataCatalog.get(name).thing_classes)
+    _announce(json_file, name, progress)
     data = _read(json_file)
     classes = coco_categories(json_file, data)
     if parsed is not None:
         parsed[os.path.abspath(json_file)] = data
     register_coco_instances(name, {"thing_classes": classes}, json_file, image_root)
     return len(classes)
+
+
+def _announce(json_file: str, name: str, progress: Optional[Callable[[str], None]]) -> None:
+    if progress is not None and os.path.getsize(json_file) >= _ANNOUNCE_BYTES:
+        progress(f"reading {json_file} ({os.path.getsize(json_file) / 2**20:.0f} MiB) to check dataset {name!r} ...")
 
 
 def check_datasets(cfg, train: bool = True, test: bool = True, all_sizes: bool = False,
@@ -120,10 +127,8 @@ def check_datasets(cfg, train: bool = True, test: bool = True, all_sizes: bool =
         if json_file is None or image_root is None or getattr(meta, "evaluator_type", "coco") != "coco":
             continue  # not a COCO instances set with an image folder: nothing more to read
         data = parsed.pop(os.path.abspath(json_file), None)
-        if data is None and progress is not None and os.path.getsize(json_file) >= _ANNOUNCE_BYTES:
-            progress(f"reading {json_file} ({os.path.getsize(json_file) / 2**20:.0f} MiB) to check "
-                     f"dataset {name!r} ...")
         if data is None:
+            _announce(json_file, name, progress)
             data = _read(json_file)
         check = check_coco_set(name, json_file, image_root, evaluated=name in evaluated,
                                trained=name in trained, all_sizes=all_sizes, data=data)
