@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from test_d2_support import REPO, import_overlay, load_cfg
+from test_d2_support import CHECKOUT, REPO, import_overlay, load_cfg
 from test_dataset_checks import annotation, coco_set, save
 
 pytestmark = pytest.mark.detectron2
@@ -99,7 +99,7 @@ def test_two_evaluations_into_one_folder_keep_both_and_say_what_they_are(own_set
     assert about["datasets"] == [{"name": "a", "json_file": str(own_sets / "a" / "set.json"),
                                   "image_root": str(own_sets / "a" / "images"), "images": 3, "annotations": 6}]
     assert about["code"]["commit"] == _git_head(REPO)
-    assert about["detectron2"]["commit"] == _git_head(REPO / "detectron2")
+    assert about["detectron2"]["commit"] == _git_head(CHECKOUT)
     assert "DATASETS.TEST" in about["overrides"] and "bbox" in results
 
     # the second, on another set: the first is kept, and the zero-area box is one warning line
