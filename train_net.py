@@ -126,7 +126,7 @@ def evaluate(cfg, args):
         verify_results(cfg, results)
         network = ("teacher" if args.eval_teacher else "student") if prefix else "retinanet"
         about = provenance(weights, args.config_file, args.opts, [dataset_sizes(n) for n in cfg.DATASETS.TEST],
-                           code_dir=os.path.dirname(os.path.abspath(__file__)), network=network)
+                           code_dir=REPO_ROOT, network=network)
         save_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), about)
     return results
 
