@@ -49,6 +49,14 @@ EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final$(if $(EVAL_TEACHER),.teacher).pkl
 EVAL_OUTPUT       ?= $(MGD_OUTPUT)/eval$(if $(EVAL_TEACHER),-teacher)
 # (each Detectron2 target has its own demo folder: a step whose output exists is kept)
 DEMO_DIR          ?= output/demo$(if $(filter latest,$(DETECTRON2)),-latest)
+# An evaluation into a folder that holds one moves the earlier one to EVAL_OUTPUT/previous-N;
+# EVAL_REPLACE=1 deletes it instead.
+EVAL_REPLACE      ?=
+# merge refuses a teacher not deeper than the student; ALLOW_ANY_TEACHER=1 allows it (experiments)
+ALLOW_ANY_TEACHER ?=
+# make plots: run folders to plot and tabulate, "NAME=DIR ..." or "DIR ..." (empty: the demo's)
+RUNS              ?= $(RUN)
+PLOTS_DIR         ?= $(if $(strip $(RUNS)),$(OUTPUT_DIR)/plots,$(DEMO_DIR)/plots)
 # The demo trains its two students with seeds 1..SEEDS (the teacher once) and reports mean and spread.
 SEEDS             ?= 1
 # Your own COCO-format sets: NAME JSON IMAGE_ROOT triples, registered for base/distill/eval
@@ -56,8 +64,8 @@ SEEDS             ?= 1
 DATASETS          ?=
 USER_VARIABLES := PYTHON DETECTRON2 DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS LAUNCH_ARGS OUTPUT_DIR \
                   WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
-                  EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT BASE_CONFIG MGD_CONFIG \
-                  DEMO_DIR SEEDS DATASETS PYTEST_ARGS
+                  EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT EVAL_REPLACE BASE_CONFIG MGD_CONFIG \
+                  ALLOW_ANY_TEACHER DEMO_DIR SEEDS DATASETS RUNS PLOTS_DIR PYTEST_ARGS
 
 # Make the in-place Detectron2 build and this repository importable for every command below
 # (mgd/bootstrap.py does the same for a command run by hand: it reads MGD_DETECTRON2_DIR).
@@ -193,8 +201,8 @@ base: check-base overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r
 	    MODEL.WEIGHTS $(WEIGHTS_DIR)/r-$(DEPTH).pkl OUTPUT_DIR $(OUTPUT_DIR)/base-R$(DEPTH) $(OPTS)
 
 .PHONY: merge
-merge: check-merge ## merge TEACHER (R50 base checkpoint) and STUDENT (r-18.pkl) into MERGED for distillation
-	$(PYTHON) scripts/merge-models-into-one.py $(TEACHER) $(STUDENT) $(MERGED)
+merge: check-merge ## merge TEACHER (R50 base checkpoint) and STUDENT (r-18.pkl) into MERGED (the teacher must be deeper: ALLOW_ANY_TEACHER=1 to override)
+	$(PYTHON) scripts/merge-models-into-one.py $(TEACHER) $(STUDENT) $(MERGED)$(if $(ALLOW_ANY_TEACHER), --allow-shallow-teacher)
 
 .PHONY: distill
 distill: check-distill overlay ## distil the student from the teacher with MGD, starting from MERGED
@@ -221,9 +229,10 @@ convert-all: ## split the student out of every MGD_OUTPUT/X.pth into X.pkl (EVAL
 	PYTHON=$(PYTHON) bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
 
 .PHONY: eval
-eval: overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG (the student; EVAL_TEACHER=1 the teacher)
+eval: overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG into EVAL_OUTPUT (the student; EVAL_TEACHER=1 the teacher); an earlier one there is kept in previous-N
+	@$(check_datasets)
 	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) --config-file $(EVAL_CONFIG) \
-	    $(if $(EVAL_TEACHER),--eval-teacher) MODEL.WEIGHTS $(EVAL_WEIGHTS) OUTPUT_DIR $(EVAL_OUTPUT) $(OPTS)
+	    $(if $(EVAL_TEACHER),--eval-teacher) $(if $(EVAL_REPLACE),--replace-eval) MODEL.WEIGHTS $(EVAL_WEIGHTS) OUTPUT_DIR $(EVAL_OUTPUT) $(OPTS)
 
 # ---------------------------------------------------------------- demo, plots, benchmarks
 
@@ -236,9 +245,14 @@ demo-clean: ## delete the demo's outputs (DEMO_DIR) so the next `make demo` redo
 	rm -rf $(DEMO_DIR)
 
 .PHONY: plots
-plots: ## PNG plots (losses, matching cost per position, AP, matched cost to the teacher) of the demo in DEMO_DIR
+plots: ## results table and PNG plots (losses, matching cost, AP) of RUNS="NAME=DIR ..." into PLOTS_DIR (no RUNS: the demo's)
+ifeq ($(strip $(RUNS)),)
 	$(PYTHON) scripts/plot_runs.py --runs teacher=$(DEMO_DIR)/base-R50 student=$(DEMO_DIR)/seed1/base-R18 \
-	    mgd=$(DEMO_DIR)/seed1/mgd --ap-table $(DEMO_DIR)/results.json --out $(DEMO_DIR)/plots
+	    mgd=$(DEMO_DIR)/seed1/mgd --ap-table $(DEMO_DIR)/results.json --out $(PLOTS_DIR)
+else
+	$(PYTHON) scripts/summarize_results.py --runs $(RUNS) --write $(PLOTS_DIR)/results.json
+	$(PYTHON) scripts/plot_runs.py --runs $(RUNS) --ap-table $(PLOTS_DIR)/results.json --out $(PLOTS_DIR)
+endif
 
 .PHONY: bench-core
 bench-core: ## time the MGD core (matching update, loss + AMP) vs the original's solver approach

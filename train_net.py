@@ -41,10 +41,10 @@ try:  # the overlay modules register the MGD backbone, meta-architecture and tra
     import detectron2.utils.mgd_compat  # noqa: F401
     import detectron2.modeling.backbone.mgd_resnet  # noqa: F401
     import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401
-    from detectron2.data.mgd_datasets import DatasetError, check_datasets, register_coco_dataset
+    from detectron2.data.mgd_datasets import DatasetError, check_datasets, dataset_sizes, register_coco_dataset
     from detectron2.engine.mgd_launch import launch
     from detectron2.engine.mgd_probe import probe_loss_factors
-    from detectron2.engine.mgd_results import report_empty, save_results
+    from detectron2.engine.mgd_results import keep_earlier_evaluation, provenance, report_empty, save_results
     from detectron2.engine.mgd_setup import ConfigError, check_config, check_weights, load_config
     from detectron2.engine.mgd_checkpointer import MGDCheckpointer
     from detectron2.engine.mgd_trainer import MGDTrainer
@@ -63,25 +63,39 @@ from mgd.config import derive_net_config, is_mgd_config  # noqa: E402
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
 
 
-def setup_config(args):
-    """The frozen config of this run, with the --dataset sets registered in this process."""
+def setup_config(args, parsed=None):
+    """The frozen config of this run, with the --dataset sets registered in this process
+    (``parsed``: a dict to leave their parsed JSON in, for ``check_datasets``)."""
+    progress = (lambda line: print(line, flush=True)) if parsed is not None else None
     for name, json_file, image_root in args.dataset or ():
-        register_coco_dataset(name, json_file, image_root)
+        register_coco_dataset(name, json_file, image_root, parsed=parsed, progress=progress)
     cfg = load_config(args.config_file, args.opts)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on CPU (multi-process runs use gloo)
+    if args.probe_loss_factors and "OUTPUT_DIR" not in args.opts[::2]:
+        cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "probe")  # its config.yaml and log.txt
     cfg.freeze()
     return cfg
 
 
 def check_run(args):
-    """Every check that can be made before the run starts (raises one of USER_ERRORS)."""
-    cfg = setup_config(args)
+    """Every check that can be made before the run starts (raises one of USER_ERRORS); then
+    one line per dataset checked, and one warning line per dataset with something Detectron2
+    drops or clips."""
+    parsed = {}
+    cfg = setup_config(args, parsed)
     mode = dict(eval_only=args.eval_only, eval_teacher=args.eval_teacher, probe=args.probe_loss_factors)
     check_config(cfg, **mode)
     # training also evaluates on DATASETS.TEST at its end; the probe reads DATASETS.TRAIN only
-    check_datasets(cfg, train=not args.eval_only, test=not args.probe_loss_factors)
+    checks = check_datasets(cfg, train=not args.eval_only, test=not args.probe_loss_factors,
+                            all_sizes=args.check_all_images, parsed=parsed,
+                            progress=lambda line: print(line, flush=True))
+    del parsed
     check_weights(cfg, **mode, resume=args.resume)
+    for check in checks:
+        print(check.summary(), flush=True)
+        if check.warnings:
+            print(f"warning: dataset {check.name!r}: {'; '.join(check.warnings)}", file=sys.stderr, flush=True)
 
 
 def build_eval_model(cfg, eval_teacher=False):
@@ -102,19 +116,27 @@ def build_eval_model(cfg, eval_teacher=False):
 def evaluate(cfg, args):
     model, prefix = build_eval_model(cfg, args.eval_teacher)
     role = "eval-teacher" if args.eval_teacher else "eval-student"  # strict: no re-init at eval
-    MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=prefix, role=role).resume_or_load(
-        cfg.MODEL.WEIGHTS, resume=args.resume
-    )
+    checkpointer = MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=prefix, role=role)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+    resumed = args.resume and checkpointer.has_checkpoint()  # then OUTPUT_DIR's last checkpoint was loaded
+    weights = checkpointer.get_checkpoint_file() if resumed else cfg.MODEL.WEIGHTS
     results = MGDTrainer.test(cfg, model)
     if comm.is_main_process():
         report_empty(results, list(cfg.DATASETS.TEST), cfg.MODEL.RETINANET.SCORE_THRESH_TEST)
         verify_results(cfg, results)
-        save_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"))
+        network = ("teacher" if args.eval_teacher else "student") if prefix else "retinanet"
+        about = provenance(weights, args.config_file, args.opts, [dataset_sizes(n) for n in cfg.DATASETS.TEST],
+                           code_dir=REPO_ROOT, network=network)
+        save_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), about)
     return results
 
 
 def main(args):
     cfg = setup_config(args)
+    if args.eval_only and comm.is_main_process():  # nothing of an earlier evaluation is overwritten
+        kept = keep_earlier_evaluation(cfg.OUTPUT_DIR, replace=args.replace_eval)
+        if kept:
+            print(kept, flush=True)
     default_setup(cfg, args)  # logs, and saves the final config to OUTPUT_DIR/config.yaml
     logging.getLogger("detectron2").info(describe_detectron2(REPO_ROOT, os.path.dirname(detectron2.__file__)))
     if args.probe_loss_factors:
@@ -143,6 +165,12 @@ def build_parser():
     parser.add_argument("--probe-matching-batches", type=int, default=20,
                         help="batches of the probe's matching pass (default 20)")
     parser.add_argument("--probe-output", default="", help="also write the suggested override line here")
+    parser.add_argument("--replace-eval", action="store_true",
+                        help="with --eval-only: delete an earlier evaluation in OUTPUT_DIR instead of moving "
+                             "it to OUTPUT_DIR/previous-N")
+    parser.add_argument("--check-all-images", action="store_true",
+                        help="read every image's size before the run (default: all of a set up to "
+                             "5000 images, else 5000 spread over it); file existence is always checked for all")
     return parser
 
 

@@ -11,7 +11,9 @@ saved as ``s_net.backbone.bottom_up.<key>``. OUT is a Detectron2 pickle
 ``{"model": ..., "__author__": "TORCHVISION", "matching_heuristics": True}`` for
 ``MODEL.WEIGHTS`` of the MGD training. Inputs are read as data only; OUT is written atomically.
 If either input carries the random-initialisation mark (``make weights RANDOM_INIT=1``), so
-does OUT, and the MGD run says so in its log.
+does OUT, and the MGD run says so in its log. The teacher must be deeper than the student
+(read from the keys) and another file; --allow-shallow-teacher allows a teacher as deep as the
+student or shallower (experiments).
 """
 
 import os
@@ -23,7 +25,9 @@ from mgd.checkpoint import (  # noqa: E402
     DEPTH_LAYOUTS,
     STUDENT_BACKBONE_PREFIX,
     TEACHER_PREFIX,
+    CheckpointError,
     check_output_path,
+    check_roles,
     extract_state_dict,
     human_size,
     is_random_init,
@@ -51,19 +55,26 @@ def build_parser():
                    help="refuse a teacher whose ResNet is not this deep")
     p.add_argument("--student-depth", type=int, choices=depths, default=None,
                    help="refuse a student whose ResNet is not this deep")
+    p.add_argument("--allow-shallow-teacher", action="store_true",
+                   help="merge a teacher that is not deeper than the student (experiments)")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_output_path(args.output, inputs=[args.teacher, args.student])
+    if os.path.isfile(args.teacher) and os.path.isfile(args.student) and os.path.samefile(args.teacher, args.student):
+        raise CheckpointError(f"TEACHER and STUDENT are the same file {args.teacher!r}: pass the trained "
+                              "RetinaNet teacher (e.g. output/base-R50/model_final.pth) and the student's "
+                              "ImageNet backbone (e.g. weights/r-18.pkl)")
 
     teacher_file = load_checkpoint_object(args.teacher, what="teacher")
     teacher = extract_state_dict(teacher_file, args.teacher, what="teacher")
-    validate_teacher(teacher, args.teacher, args.teacher_depth)
+    teacher_depth = validate_teacher(teacher, args.teacher, args.teacher_depth)
     student_file = load_checkpoint_object(args.student, what="student")
     student = extract_state_dict(student_file, args.student, what="student")
-    validate_student(student, args.student, args.student_depth)
+    student_depth = validate_student(student, args.student, args.student_depth)
+    check_roles(teacher_depth, student_depth, args.teacher, args.student, args.allow_shallow_teacher)
 
     merged = merge_teacher_student(teacher, student)
     random_init = [name for name, obj in (("teacher", teacher_file), ("student", student_file))

@@ -1,21 +1,23 @@
 #!/usr/bin/env python
 """Plot the training curves, MGD matching costs and AP comparison of several runs (PNG).
 
-    python scripts/plot_runs.py --runs NAME=DIR [NAME=DIR ...] [--ap-table results.json] \
-        --out DIR
+    python scripts/plot_runs.py --runs [NAME=]DIR ... [--ap-table results.json] --out DIR
 
 Each DIR is a Detectron2 output folder (or directly its metrics.json: one JSON object per
 line, with ``iteration`` and scalars such as ``total_loss``, ``loss_cls``, ``loss_box_reg``,
-``loss_distill``, ``mgd/cost_c2`` ...). Missing keys, missing runs' scalars and a cut-off last
-line are tolerated. Writes into --out:
+``loss_distill``, ``mgd/cost_c2`` ...); a bare DIR is named after its folder. Missing keys,
+missing runs' scalars and a cut-off last line are tolerated. Writes into --out:
 
 * ``loss_curves.png``   - one panel per loss (total_loss, loss_cls, loss_box_reg,
-  loss_distill, any other loss_*), one line per run;
+  loss_distill, any other loss_*), one line per run (with markers when it has at most
+  MARKERS_UP_TO points, so that a short run still shows);
 * ``matching_cost.png`` - for each run that logged ``mgd/cost_<position>``: the mean matching
   cost of every position at each matching update (Detectron2 repeats the latest value on
   every log line, so a new point is taken whenever the costs change);
 * ``ap_comparison.png`` - AP / AP50 / AP75 bars per model, from --ap-table (the
-  summarize_results.py format) or, without it, from the runs' last ``bbox/AP*`` lines;
+  summarize_results.py format) or, without it, from the evaluations found in the run
+  folders (summarize_results.py --runs: their eval_results.json, else the last
+  ``bbox/AP*`` of metrics.json);
   with several runs per model, the bars are means and the error bars one standard deviation;
 * ``matched_cost_to_teacher.png`` - the mean matched cost to the teacher per position, one
   bar per model (the plain and the MGD student), from --ap-table's "matched_cost" (error
@@ -35,8 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from mgd.cli import OneLineArgumentParser  # noqa: E402
 from summarize_results import (  # noqa: E402
-    METRICS, ResultsError, delta_row, load_results, models)
+    METRICS, ResultsError, collect_runs, delta_row, load_results, models, parse_runs)
 
+#: a run's curve gets markers when it has at most this many points
+MARKERS_UP_TO = 30
 LOSS_ORDER = ("total_loss", "loss_cls", "loss_box_reg", "loss_distill")
 COST_PREFIX = "mgd/cost_"
 POSITION_ORDER = ("c2", "c3", "c4", "c5", "p3", "p4", "p5", "p6", "p7")
@@ -137,7 +141,8 @@ def plot_losses(plt, runs, out_path):
         for name, recs in runs.items():
             xs, ys = series(recs, key)
             if xs:
-                ax.plot(xs, ys, label=name, linewidth=1.3)
+                ax.plot(xs, ys, label=name, linewidth=1.3, marker="o" if len(xs) <= MARKERS_UP_TO else None,
+                        markersize=4)
                 values += ys
         if values and min(values) > 0 and max(values) / min(values) > 50:
             ax.set_yscale("log")
@@ -186,6 +191,18 @@ def ap_from_runs(runs):
             if all(_number(rec.get(f"bbox/{k}")) for k in METRICS):
                 table[name] = {k: float(rec[f"bbox/{k}"]) for k in METRICS}
                 break
+    return table
+
+
+def ap_of_runs(named_paths, runs):
+    """The AP table of the runs: the evaluations found in each run folder (collect_runs),
+    or the last bbox/AP* of a run given as a metrics.json file."""
+    folders = [(name, path) for name, path in named_paths if os.path.isdir(path)]
+    table, notes = collect_runs(folders)
+    for note in notes:
+        print(note)
+    files = OrderedDict((name, runs[name]) for name, path in named_paths if not os.path.isdir(path))
+    table.update(ap_from_runs(files))
     return table
 
 
@@ -276,8 +293,8 @@ def _placeholder(plt, out_path, message):
 def build_parser():
     p = OneLineArgumentParser(prog="plot_runs.py",
                               description="Plot losses, matching costs and AP of runs.")
-    p.add_argument("--runs", nargs="+", required=True, metavar="NAME=DIR",
-                   help="run name and its output folder (or metrics.json)")
+    p.add_argument("--runs", nargs="+", required=True, metavar="[NAME=]DIR",
+                   help="run name and its output folder (or metrics.json); a bare DIR is named after it")
     p.add_argument("--ap-table", metavar="RESULTS.json",
                    help="AP results in summarize_results.py's format")
     p.add_argument("--out", required=True, help="folder for the PNG files (created)")
@@ -290,15 +307,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         runs = OrderedDict()
-        for item in args.runs:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise PlotError(f"--runs takes NAME=DIR, got {item!r}")
+        named_paths = parse_runs(args.runs)
+        for name, path in named_paths:
             records, bad = read_metrics(path)
             if bad:
                 print(f"note: {name}: skipped {bad} unreadable line(s) of metrics.json")
             runs[name] = records
-        table = load_results(args.ap_table) if args.ap_table else ap_from_runs(runs)
+        table = load_results(args.ap_table) if args.ap_table else ap_of_runs(named_paths, runs)
         try:
             os.makedirs(args.out, exist_ok=True)
         except OSError as exc:

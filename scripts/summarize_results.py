@@ -3,6 +3,15 @@
 
     python scripts/summarize_results.py RESULTS.json [--collect NAME=SRC ...] \
         [--matched-cost NAME=FILE ...] [--baseline student] [--distilled mgd] [--markdown]
+    python scripts/summarize_results.py --runs [NAME=]DIR ... [--write RESULTS.json] [--markdown]
+
+--runs: the evaluations found in run folders (``make plots RUNS=...``): every
+``eval_results.json`` in DIR or a direct subfolder (``make eval`` writes DIR/eval and
+DIR/eval-teacher; ``previous-N`` archives are left out), else the last ``bbox/AP`` of DIR's
+metrics.json (the training's final evaluation). A row is named NAME (default: the folder's
+name) for a run's only student (or plain) evaluation, "NAME (teacher)" for its only teacher
+evaluation, else NAME/SUBFOLDER; each row says what was evaluated on which dataset, from the
+results file's "provenance". --write saves the rows as RESULTS.json (the format below).
 
 RESULTS.json format (written by the demo; AP values in percent, as Detectron2 prints them)::
 
@@ -286,6 +295,120 @@ def collect(results, metric_items=(), cost_items=()):
     return results
 
 
+def parse_runs(items):
+    """[(name, folder)] from "NAME=DIR" or "DIR" items (a bare DIR is named after its folder;
+    ResultsError for a repeated name)."""
+    runs = []
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            name, folder = os.path.basename(os.path.normpath(item)), item
+        if not name or not folder:
+            raise ResultsError(f"--runs takes NAME=DIR or DIR, got {item!r}")
+        if name in [n for n, _ in runs] or name in COST_KEYS:
+            raise ResultsError(f"run name {name!r} given twice (or reserved); name the runs: NAME=DIR")
+        runs.append((name, folder))
+    return runs
+
+
+def _evaluation_files(folder):
+    """eval_results.json in ``folder`` and its direct subfolders (not previous-N), sorted."""
+    found = []
+    if os.path.isfile(os.path.join(folder, "eval_results.json")):
+        found.append(os.path.join(folder, "eval_results.json"))
+    for sub in sorted(os.listdir(folder)):
+        path = os.path.join(folder, sub, "eval_results.json")
+        if not sub.startswith("previous-") and os.path.isfile(path):
+            found.append(path)
+    return found
+
+
+def _evaluation_rows(path):
+    """[(dataset or None, metrics, provenance)] of one eval_results.json (one per dataset)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"cannot read {path!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path!r} is not an evaluation's results (a JSON object)")
+    about = data.get("provenance") if isinstance(data.get("provenance"), dict) else {}
+    found = _metrics_from(data, path)
+    if found is not None:
+        names = [d.get("name") for d in about.get("datasets") or [] if isinstance(d, dict)]
+        return [(names[0] if len(names) == 1 else None, found, about)]
+    rows = [(key, _metrics_from(value, path), about) for key, value in data.items() if key != "provenance"]
+    return [row for row in rows if row[1] is not None]
+
+
+def run_evaluations(name, folder):
+    """[(label, metrics with "source", "dataset", "weights", "network")] of a run folder; []
+    when it holds no evaluation."""
+    if not os.path.isdir(folder):
+        raise ResultsError(f"run folder {folder!r} not found")
+    rows = []
+    for path in _evaluation_files(folder):
+        for dataset, metrics, about in _evaluation_rows(path):
+            network = about.get("network") or ("teacher" if "teacher" in os.path.basename(os.path.dirname(path))
+                                               else "student")
+            weights = (about.get("weights") or {}).get("path")
+            sha = (about.get("weights") or {}).get("sha256")
+            entry = {k: metrics[k] for k in METRICS}
+            entry.update(source=path, dataset=dataset, network=network,
+                         weights=f"{weights} ({sha})" if weights and sha else weights)
+            rel = os.path.relpath(os.path.dirname(path), folder)
+            rows.append((rel, dataset, entry))
+    if not rows and os.path.isfile(os.path.join(folder, "metrics.json")):
+        try:
+            metrics = read_metrics_source(folder)
+        except ResultsError:
+            return []
+        entry = {k: metrics[k] for k in METRICS}
+        entry.update(source=os.path.join(folder, "metrics.json"), dataset=None, network=None,
+                     weights="the training's last evaluation")
+        return [(name, entry)]
+    labelled = []
+    for rel, dataset, entry in rows:
+        same = [r for r in rows if (r[2]["network"] == "teacher") == (entry["network"] == "teacher")]
+        if len(same) == 1:
+            label = f"{name} (teacher)" if entry["network"] == "teacher" else name
+        else:
+            label = name if rel == "." else f"{name}/{rel}"
+            label += f" [{dataset}]" if dataset and len({r[1] for r in rows}) > 1 else ""
+        labelled.append((label, entry))
+    return labelled
+
+
+def collect_runs(runs):
+    """(results dict {label: entry}, notes) of the evaluations found in [(name, folder)]."""
+    results, notes = OrderedDict(), []
+    for name, folder in runs:
+        found = run_evaluations(name, folder)
+        if not found:
+            notes.append(f"note: no evaluation in {folder} (no eval_results.json there or in a subfolder, "
+                         "no bbox/AP in its metrics.json): evaluate it with `make eval`")
+        for label, entry in found:
+            while label in results:
+                label += "'"
+            results[label] = entry
+    datasets = {e.get("dataset") for e in results.values() if e.get("dataset")}
+    if len(datasets) > 1:
+        notes.append(f"note: these rows were evaluated on different datasets ({', '.join(sorted(datasets))}); "
+                     "compare APs on the same one")
+    return results, notes
+
+
+def format_run_table(results, baseline="student", distilled="mgd", markdown=False):
+    """The AP table of collect_runs' rows, with what each evaluated and where it was found."""
+    table = format_table(results, baseline, distilled, markdown)
+    lines = ["", "Rows:"]
+    for label, entry in models(results).items():
+        what = ", ".join(x for x in (entry.get("network"), entry.get("weights")) if x)
+        on = f" on {entry['dataset']}" if entry.get("dataset") else ""
+        lines.append(f"  {label}: {what}{on}; {entry.get('source')}")
+    return table + "\n" + "\n".join(lines)
+
+
 def write_results(results, path):
     data = (json.dumps(results, indent=2) + "\n").encode("utf-8")
     atomic_write(path, lambda f: f.write(data), what="results file")
@@ -294,7 +417,11 @@ def write_results(results, path):
 def build_parser():
     p = OneLineArgumentParser(prog="summarize_results.py",
                               description="Print (and optionally collect) the AP and matched-cost tables.")
-    p.add_argument("results", metavar="RESULTS.json")
+    p.add_argument("results", metavar="RESULTS.json", nargs="?",
+                   help="the results file (required unless --runs is given)")
+    p.add_argument("--runs", nargs="+", default=[], metavar="[NAME=]DIR",
+                   help="tabulate the evaluations found in these run folders")
+    p.add_argument("--write", metavar="RESULTS.json", help="with --runs: save the rows here")
     p.add_argument("--collect", nargs="+", action="extend", default=[], metavar="NAME=SRC",
                    help="add NAME's metrics read from SRC to RESULTS.json first (repeat NAME "
                         "for several runs)")
@@ -309,6 +436,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.runs:
+            return _main_runs(args)
+        if not args.results:
+            raise ResultsError("give RESULTS.json, or --runs with run folders")
         changes = bool(args.collect or args.matched_cost)
         results = load_results(args.results, missing_ok=changes)
         if changes:
@@ -324,6 +455,18 @@ def main(argv=None):
     except (ResultsError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _main_runs(args):
+    results, notes = collect_runs(parse_runs(args.runs))
+    if args.write:
+        os.makedirs(os.path.dirname(os.path.abspath(args.write)), exist_ok=True)
+        write_results(results, args.write)
+    for note in notes:
+        print(note)
+    if models(results):
+        print(format_run_table(results, args.baseline, args.distilled, args.markdown))
     return 0
 
 

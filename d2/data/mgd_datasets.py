@@ -3,17 +3,22 @@
 ``train_net.py --dataset NAME JSON IMAGE_ROOT`` calls :func:`register_coco_dataset`; the
 demo's synthetic set is registered the same way. :func:`check_datasets` then verifies that
 every set named in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` is registered, that its files
-exist, and that its number of categories equals ``MODEL.RETINANET.NUM_CLASSES``. Problems
-raise :class:`DatasetError` with a one-line message.
+exist, that its number of categories equals ``MODEL.RETINANET.NUM_CLASSES``, and what its
+JSON and images hold (``mgd_coco_checks.check_coco_set``: unknown category ids, missing or
+mis-sized images, empty or outside boxes ...). Problems raise :class:`DatasetError` with a
+one-line message; what Detectron2 drops or clips anyway is returned as warnings.
 """
-import json
 import os
-from typing import List
+from typing import Callable, Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.data.mgd_coco_checks import CocoCheck, check_coco_set, read_coco_json
 
-__all__ = ["DatasetError", "register_coco_dataset", "check_datasets", "coco_categories"]
+__all__ = ["DatasetError", "register_coco_dataset", "check_datasets", "coco_categories", "dataset_sizes"]
+
+#: a JSON this large (bytes) gets a "reading ..." line first: its parse takes seconds
+_ANNOUNCE_BYTES = 20 * 2**20
 
 _OWN_SET_HINT = "register your own with train_net.py --dataset NAME JSON IMAGE_ROOT (make: DATASETS=\"NAME JSON IMAGE_ROOT\")"
 
@@ -22,18 +27,17 @@ class DatasetError(ValueError):
     """A dataset that cannot be used as named; the message is one line."""
 
 
-def coco_categories(json_file: str) -> List[str]:
-    """Category names of a COCO instances file, ordered by category id (as Detectron2's
-    ``load_coco_json`` orders ``thing_classes``)."""
+def _read(json_file: str) -> dict:
     try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"cannot read COCO annotations {json_file}: {type(error).__name__}: "
-                           f"{' '.join(str(error).split())}") from None
-    if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
-        raise DatasetError(f"{json_file} is not a COCO instances file (needs 'images', 'annotations' "
-                           "and 'categories')")
+        return read_coco_json(json_file)
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
+
+
+def coco_categories(json_file: str, data: Optional[dict] = None) -> List[str]:
+    """Category names of a COCO instances file (``data``: its parsed contents, if read),
+    ordered by category id (as Detectron2's ``load_coco_json`` orders ``thing_classes``)."""
+    data = _read(json_file) if data is None else data
     try:
         categories = sorted(data["categories"], key=lambda c: c["id"])
         names = [str(c["name"]) for c in categories]
@@ -44,11 +48,15 @@ def coco_categories(json_file: str) -> List[str]:
     return names
 
 
-def register_coco_dataset(name: str, json_file: str, image_root: str) -> int:
+def register_coco_dataset(name: str, json_file: str, image_root: str,
+                          parsed: Optional[Dict[str, dict]] = None,
+                          progress: Optional[Callable[[str], None]] = None) -> int:
     """Register the COCO instances set ``json_file`` (images under ``image_root``) as ``name``.
 
     Idempotent for the same files. Its ``thing_classes`` are read now, so the class count can
-    be checked before training. Returns the number of categories.
+    be checked before training. ``parsed``: a dict where the parsed JSON is left (under its
+    absolute path) for :func:`check_datasets`, which then does not read it again; ``progress``
+    is called with a line before a large JSON is read. Returns the number of categories.
     """
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
     if not os.path.isfile(json_file):
@@ -61,18 +69,44 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> int:
             raise DatasetError(f"dataset name {name!r} is already taken (by {registered}); "
                                "choose another NAME for --dataset")
         return len(MetadataCatalog.get(name).thing_classes)
-    classes = coco_categories(json_file)
+    _announce(json_file, name, progress)
+    data = _read(json_file)
+    classes = coco_categories(json_file, data)
+    if parsed is not None:
+        parsed[os.path.abspath(json_file)] = data
     register_coco_instances(name, {"thing_classes": classes}, json_file, image_root)
     return len(classes)
 
 
-def check_datasets(cfg, train: bool = True, test: bool = True) -> None:
+def _announce(json_file: str, name: str, progress: Optional[Callable[[str], None]]) -> None:
+    if progress is not None and os.path.getsize(json_file) >= _ANNOUNCE_BYTES:
+        progress(f"reading {json_file} ({os.path.getsize(json_file) / 2**20:.0f} MiB) to check dataset {name!r} ...")
+
+
+def check_datasets(cfg, train: bool = True, test: bool = True, all_sizes: bool = False,
+                   parsed: Optional[Dict[str, dict]] = None,
+                   progress: Optional[Callable[[str], None]] = None) -> List[CocoCheck]:
     """Every set the run reads (``DATASETS.TRAIN`` when ``train``, ``DATASETS.TEST`` when
-    ``test``) is registered, its files exist and (where its categories are known) their
-    number is ``MODEL.RETINANET.NUM_CLASSES``."""
+    ``test``) is registered, its files exist, (where its categories are known) their number
+    is ``MODEL.RETINANET.NUM_CLASSES``, and (for a COCO instances file with an image folder)
+    its contents pass ``check_coco_set``.
+
+    Args:
+        all_sizes: read every image's size, not a sample (``check_coco_set``).
+        parsed: {absolute JSON path: parsed JSON} already read (``register_coco_dataset``);
+            entries are used, then removed (the memory is freed).
+        progress: called with a line before a large JSON is read.
+    Returns:
+        one :class:`CocoCheck` per set checked; their ``warnings`` are for the user.
+    Raises:
+        DatasetError: the first set that cannot be used, in one line.
+    """
     num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
-    names = (list(cfg.DATASETS.TRAIN) if train else []) + (list(cfg.DATASETS.TEST) if test else [])
-    for name in names:
+    trained = list(cfg.DATASETS.TRAIN) if train else []
+    evaluated = list(cfg.DATASETS.TEST) if test else []
+    parsed = {} if parsed is None else parsed
+    checks = []
+    for name in dict.fromkeys(trained + evaluated):  # each once, in order
         if name not in DatasetCatalog.list():
             raise DatasetError(f"dataset {name!r} (DATASETS) is not registered; {_OWN_SET_HINT}")
         meta = MetadataCatalog.get(name)
@@ -90,3 +124,32 @@ def check_datasets(cfg, train: bool = True, test: bool = True) -> None:
             raise DatasetError(
                 f"dataset {name!r} has {len(classes)} categories but MODEL.RETINANET.NUM_CLASSES is "
                 f"{num_classes}; set MODEL.RETINANET.NUM_CLASSES {len(classes)}")
+        if json_file is None or image_root is None or getattr(meta, "evaluator_type", "coco") != "coco":
+            continue  # not a COCO instances set with an image folder: nothing more to read
+        data = parsed.pop(os.path.abspath(json_file), None)
+        if data is None:
+            _announce(json_file, name, progress)
+            data = _read(json_file)
+        check = check_coco_set(name, json_file, image_root, evaluated=name in evaluated,
+                               trained=name in trained, all_sizes=all_sizes, data=data)
+        del data
+        if check.errors:
+            raise DatasetError(f"dataset {name!r} ({json_file}): " + "; ".join(check.errors))
+        checks.append(check)
+    return checks
+
+
+def dataset_sizes(name: str) -> dict:
+    """{"name", "json_file", "image_root", "images", "annotations"} of a registered set, as its
+    JSON holds them (counts None when it is not a readable COCO file)."""
+    meta = MetadataCatalog.get(name)
+    json_file, image_root = getattr(meta, "json_file", None), getattr(meta, "image_root", None)
+    sizes = {"name": name, "json_file": json_file, "image_root": image_root, "images": None,
+             "annotations": None}
+    if json_file is not None:
+        try:
+            data = read_coco_json(json_file)
+            sizes.update(images=len(data["images"]), annotations=len(data["annotations"]))
+        except ValueError:
+            pass
+    return sizes

@@ -30,6 +30,7 @@ __all__ = [
     "layout_text",
     "validate_teacher",
     "validate_student",
+    "check_roles",
     "merge_teacher_student",
     "split_distilled",
     "convert_distilled",
@@ -167,6 +168,21 @@ def validate_student(sd: Mapping[str, Any], path, depth: Optional[int] = None) -
                               "pass the output of convert-torchvision-to-d2.py")
     return _check_depth(keys, "", depth, "student", path,
                         "pass the converted torchvision weights of that depth")
+
+
+def check_roles(teacher_depth: Optional[int], student_depth: Optional[int], teacher_path,
+                student_path, allow_shallow_teacher: bool = False) -> None:
+    """Refuse a teacher that is not deeper than the student (MGD distils e.g. R50 -> R18),
+    unless ``allow_shallow_teacher``; depths unknown (None) are not compared."""
+    if allow_shallow_teacher or teacher_depth is None or student_depth is None:
+        return
+    if teacher_depth <= student_depth:
+        raise CheckpointError(
+            f"teacher {str(teacher_path)!r} is a ResNet-{teacher_depth}, not deeper than the student "
+            f"{str(student_path)!r} (ResNet-{student_depth}): MGD distils a deeper teacher into a "
+            "shallower student (the paper: R50 -> R18); pass the R50 base run (`make base DEPTH=50`: "
+            "output/base-R50/model_final.pth), or --allow-shallow-teacher (make: ALLOW_ANY_TEACHER=1) "
+            "to merge it anyway")
 
 
 def merge_teacher_student(teacher: Mapping[str, Any], student: Mapping[str, Any]
