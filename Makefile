@@ -23,6 +23,8 @@ DETECTRON2_DIR    ?= detectron2-latest
 else
 $(error error: DETECTRON2 must be pin or latest, got '$(DETECTRON2)' (DETECTRON2_DIR=<path> uses your own checkout))
 endif
+# Exported: a make run by a command of this one (a test, the demo) uses the same checkout.
+export DETECTRON2 DETECTRON2_DIR
 # Python packages a target needs beyond requirements.txt (today's Detectron2 imports omegaconf and
 # hydra): installed into DETECTRON2_DIR/mgd-python-deps, never into the environment itself.
 DETECTRON2_EXTRA_REQUIREMENTS = $(wildcard requirements-detectron2-$(DETECTRON2).txt)
@@ -141,13 +143,14 @@ test: install ## build Detectron2 when possible, then run every test (both Detec
 	@if ls $(D2_PACKAGE)/_C*.so >/dev/null 2>&1; then $(MAKE) --no-print-directory test-detectron2; fi
 	@$(if $(TEST_LATEST),if ls detectron2-latest/detectron2/_C*.so >/dev/null 2>&1; then \
 	    echo "=== the Detectron2 tests on today's Detectron2 (DETECTRON2=latest)"; \
-	    $(MAKE) --no-print-directory test DETECTRON2=latest ONLY_DETECTRON2=1 TEST_LATEST= PYTEST_MARKS='$(PYTEST_MARKS)'; fi)
+	    $(MAKE) --no-print-directory test DETECTRON2=latest DETECTRON2_DIR=detectron2-latest ONLY_DETECTRON2=1 \
+	        TEST_LATEST= PYTEST_MARKS='$(PYTEST_MARKS)'; fi)
 
 .PHONY: latest-for-tests
 latest-for-tests: # build today's Detectron2 for `make test`; skipped with one line when git cannot reach upstream
-	@rc=0; $(MAKE) --no-print-directory detectron2 DETECTRON2=latest || rc=$$?; \
+	@rc=0; $(MAKE) --no-print-directory detectron2 DETECTRON2=latest DETECTRON2_DIR=detectron2-latest || rc=$$?; \
 	if [ $$rc -eq 3 ]; then echo "today's Detectron2 (DETECTRON2=latest) is not tested: git cannot reach upstream"; \
-	elif [ $$rc -ne 0 ]; then exit $$rc; else $(MAKE) --no-print-directory overlay DETECTRON2=latest; fi
+	elif [ $$rc -ne 0 ]; then exit $$rc; else $(MAKE) --no-print-directory overlay DETECTRON2=latest DETECTRON2_DIR=detectron2-latest; fi
 
 .PHONY: test-fast
 test-fast: ## run the tests without the slow end-to-end ones

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 #: make as a user runs it (no variables inherited from a `make test DETECTRON2=...` around us)
-MAKE_ENV = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+MAKE_ENV = {k: v for k, v in os.environ.items()
+            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "DETECTRON2", "DETECTRON2_DIR")}
 
 
 def _make(*args) -> subprocess.CompletedProcess:
