@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "detectron2"), str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from mgd.bootstrap import use_detectron2  # noqa: E402
+
+use_detectron2(str(ROOT))  # the checkout `make` names (DETECTRON2=pin|latest), else detectron2/
 
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
