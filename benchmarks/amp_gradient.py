@@ -101,7 +101,7 @@ def distillation_gradient(model, batch, dtype=None) -> Tuple[Dict[str, Tensor], 
     """{student parameter: gradient of loss_distill}, float32 or autocast to ``dtype``.
 
     float16 goes through an enabled GradScaler (scale, backward, unscale_); the second value
-    says what ran: the dtype of a student conv's output, the scale, whether an inf was found.
+    says what ran: the dtype of a student convolution's output, the scale, whether an inf was found.
     """
     from detectron2.modeling.meta_arch.mgd_retinanet import autocast
     from detectron2.utils.events import EventStorage
@@ -110,8 +110,8 @@ def distillation_gradient(model, batch, dtype=None) -> Tuple[Dict[str, Tensor], 
     assert not any(n.startswith("t_net.") for n in params)
     model.zero_grad(set_to_none=True)
     seen = {}
-    conv = model.s_net.backbone.bottom_up.res2[0].conv1
-    handle = conv.register_forward_hook(lambda m, i, o: seen.setdefault("conv_dtype", o.dtype) and None)
+    norm = model.s_net.backbone.bottom_up.res2[0].conv1.norm  # its input: the convolution's output
+    handle = norm.register_forward_pre_hook(lambda m, args: seen.setdefault("conv_dtype", args[0].dtype) and None)
     try:
         with EventStorage(0), autocast(model.device, dtype is not None, dtype):
             loss = model(batch)["loss_distill"]
