@@ -20,6 +20,7 @@ distiller's norms): relative error |g - g32| / |g32|, cosine, and the worst sing
 relative error.
 
     python benchmarks/amp_gradient.py [--size 256] [--images 2] [--precisions float16,bfloat16]
+        [--students random,close] [--init-scale 65536]
 """
 import argparse
 import os
@@ -97,7 +98,7 @@ def prepare(model, batch, fit_norms: bool) -> Dict[str, float]:
     return closeness
 
 
-def distillation_gradient(model, batch, dtype=None) -> Tuple[Dict[str, Tensor], dict]:
+def distillation_gradient(model, batch, dtype=None, init_scale: float = 2.0 ** 16) -> Tuple[Dict[str, Tensor], dict]:
     """{student parameter: gradient of loss_distill}, float32 or autocast to ``dtype``.
 
     float16 goes through an enabled GradScaler (scale, backward, unscale_); the second value
@@ -117,7 +118,7 @@ def distillation_gradient(model, batch, dtype=None) -> Tuple[Dict[str, Tensor], 
             loss = model(batch)["loss_distill"]
     finally:
         handle.remove()
-    scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, enabled=dtype == torch.float16)
     optimizer = torch.optim.SGD(list(params.values()), lr=0.0)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)  # divides the gradients by the scale, in float32
@@ -138,7 +139,7 @@ def compare(reference: Dict[str, Tensor], grads: Dict[str, Tensor]) -> Dict[str,
             "worst_tensor": worst, "elements": a.numel()}
 
 
-def measure(kind: str, size: int, images: int, precisions, noise: float = 0.01) -> dict:
+def measure(kind: str, size: int, images: int, precisions, noise: float = 0.01, init_scale: float = 2.0 ** 16) -> dict:
     """Everything above for one student ``kind``: {"closeness", "float32_loss", precision: figures}."""
     from test_d2_support import synthetic_batch
 
@@ -148,7 +149,7 @@ def measure(kind: str, size: int, images: int, precisions, noise: float = 0.01) 
     reference, seen32 = distillation_gradient(model, batch)
     out["float32_loss"] = seen32["loss"]
     for name in precisions:
-        grads, seen = distillation_gradient(model, batch, PRECISIONS[name])
+        grads, seen = distillation_gradient(model, batch, PRECISIONS[name], init_scale)
         out[name] = {**compare(reference, grads), **seen}
     return out
 
@@ -159,6 +160,8 @@ def main():
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--noise", type=float, default=0.01, help="relative weight noise of the close student")
     parser.add_argument("--precisions", default="float16,bfloat16")
+    parser.add_argument("--students", default="random,close")
+    parser.add_argument("--init-scale", type=float, default=2.0 ** 16, help="the float16 GradScaler's scale")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -168,9 +171,9 @@ def main():
           f"{args.images} x {args.size}x{args.size}, torch {torch.__version__}, CPU autocast")
     print(f"{'student':<8}{'precision':<11}{'rel. error':>11}{'cosine':>10}{'worst tensor':>14}{'loss':>11}"
           f"{'scale':>8}{'inf':>5}{'s':>6}")
-    for kind in ("random", "close"):
+    for kind in args.students.split(","):
         start = time.perf_counter()
-        result = measure(kind, args.size, args.images, precisions, args.noise)
+        result = measure(kind, args.size, args.images, precisions, args.noise, args.init_scale)
         if kind == "close":
             print("close student: |GN(s) - target| / |target| = "
                   + ", ".join(f"{k} {v:.3f}" for k, v in result["closeness"].items()))
