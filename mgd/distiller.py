@@ -79,7 +79,7 @@ class MatchingStatistic:
         return tuple(r for r in used if self.images_per_rank[r] > 0)
 
     def describe(self) -> str:
-        """One line, e.g. "2002 images from ranks 0-7 (MGD.MATCHING_RANKS all: 252, ..., 238)"."""
+        """One line, e.g. "2002 images from ranks 0-7 of 8 (ranks 'all'; images per rank [256, ..., 210])"."""
         ranks = self.contributing_ranks
         if not ranks:
             who = "no rank"
@@ -98,7 +98,7 @@ class PositionState(nn.Module):
 
     Attributes (non-persistent buffers; None until first set):
         margin: [tc] float, the teacher margins (``update_margins``).
-        cost: [sc, tc] float, the matching cost summed over the images accumulated since
+        cost: [sc, tc] float64, the matching cost summed over the images accumulated since
             the last reset (``accumulate_matching``).
         assignment: [L] long, teacher channel per tiled student row (``finish_matching``;
             L = k * sc with k = tc // sc, or sc for the "sm" reducer).
