@@ -170,7 +170,7 @@ def main():
     print(f"student distillation gradient vs float32: R50 teacher, COCO factors, divisor 128, "
           f"{args.images} x {args.size}x{args.size}, torch {torch.__version__}, CPU autocast")
     print(f"{'student':<8}{'precision':<11}{'rel. error':>11}{'cosine':>10}{'worst tensor':>14}{'loss':>11}"
-          f"{'scale':>8}{'inf':>5}{'s':>6}")
+          f"{'scale':>10}{'inf':>5}")
     for kind in args.students.split(","):
         start = time.perf_counter()
         result = measure(kind, args.size, args.images, precisions, args.noise, args.init_scale)
@@ -182,7 +182,7 @@ def main():
             r = result[name]
             scale = f"{r['scale']:.0f}" if r["scale"] else "-"
             print(f"{'':<8}{name:<11}{r['relative_error']:>11.4f}{r['cosine']:>10.5f}{r['worst_tensor']:>14.4f}"
-                  f"{r['loss']:>11.4g}{scale:>8}{r['found_inf']:>5.0f}")
+                  f"{r['loss']:>11.4g}{scale:>10}{r['found_inf']:>5.0f}")
         print(f"({kind}: {time.perf_counter() - start:.0f} s)")
 
 

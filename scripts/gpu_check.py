@@ -44,7 +44,7 @@ def run_step(name, command, seconds_left, cap, figures=None):
     if figures is not None:
         try:
             result.figures = figures(result)
-        except (OSError, ValueError, KeyError, IndexError) as error:
+        except Exception as error:  # noqa: BLE001 (whatever a failed step left, the report is written)
             result.figures = {"unreadable": f"{type(error).__name__}: {error}"}
     print(f"gpu-check: {name}: {result.status} in {result.seconds:.0f} s", flush=True)
     return result
@@ -124,8 +124,9 @@ def main():
     core, step = os.path.join(out, "bench_core.json"), os.path.join(out, "bench_step.json")
     steps.append(run_step("bench-core", [py, "benchmarks/bench_core.py", "--device", "cuda", "--json", core], left, 90,
                           lambda r: json.load(open(core))))
+    precisions = "float16,bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     steps.append(run_step("bench-step", [py, "benchmarks/bench_step.py", "--device", "cuda", "--reps", "5",
-                                         "--precisions", "float16,bfloat16", "--json", step], left, 150,
+                                         "--precisions", precisions, "--json", step], left, 150,
                           lambda r: json.load(open(step))))
     nccl = os.path.join(out, "nccl")
     steps.append(run_step("nccl-run", [py, "scripts/gpu_check.py", "--nccl-run", nccl], left, 180, lambda r: read_training_run(os.path.join(nccl, "run"))))
