@@ -262,5 +262,13 @@ bench-core: ## time the MGD core (matching update, loss + AMP) vs the original's
 	$(PYTHON) benchmarks/bench_core.py
 
 .PHONY: bench
-bench: bench-core ## all benchmarks: the core, then the MGD training step vs its floor and the double pass
-	$(PYTHON) benchmarks/bench_step.py
+# BENCH_ARGS reach bench_step.py, e.g. BENCH_ARGS="--device cuda --reps 5" (default: CPU, float32 +
+# bfloat16 + float16 with its GradScaler); GPU_CHECK_ARGS reach scripts/gpu_check.py (--budget, --skip-build)
+BENCH_ARGS        ?=
+GPU_CHECK_ARGS    ?=
+bench: bench-core ## all benchmarks: the core, then the MGD training step (float32, bfloat16, float16 + GradScaler) vs its floor and the double pass
+	$(PYTHON) benchmarks/bench_step.py $(BENCH_ARGS)
+
+.PHONY: gpu-check
+gpu-check: ## on a CUDA machine: build the CUDA ops, GPU tests, benchmarks (float32/float16/bfloat16), an NCCL MGD run; one report in output/gpu-check (< 8 min on one H100)
+	@$(PYTHON) scripts/gpu_check.py --out $(OUTPUT_DIR)/gpu-check $(GPU_CHECK_ARGS)

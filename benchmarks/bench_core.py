@@ -1,6 +1,6 @@
 """Benchmark the MGD core at R50 -> R18 shapes (CPU by default).
 
-    python benchmarks/bench_core.py [--batch 2] [--repeats 5] [--device cpu]
+    python benchmarks/bench_core.py [--batch 2] [--repeats 5] [--device cpu] [--json PATH]
 
 Times, with synthetic correlated features at the c2..c5 map sizes of an ~800 x 1088 input:
   * one full matching update: accumulate one batch at all four positions + solve;
@@ -12,6 +12,7 @@ Figures are medians over --repeats runs after one warm-up run (the original's so
 per position, as it takes seconds). On a shared machine, check the printed load average.
 """
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -135,7 +136,7 @@ def tiled_total(cost: np.ndarray, guided: np.ndarray) -> float:
     return float(cost[np.arange(guided.size) % sc, guided].sum())
 
 
-def run(batch: int, repeats: int, device: torch.device) -> int:
+def run(batch: int, repeats: int, device: torch.device, json_path: str = "") -> int:
     torch.manual_seed(0)
     student, teacher = synthetic_features(batch, device)
     none = [None] * 5
@@ -218,6 +219,12 @@ def run(batch: int, repeats: int, device: torch.device) -> int:
     print(f"{'AMP reduction, c2..c5':<34}{t_amp:10.3f}")
     print(f"{'GN + AMP + loss, fwd + bwd':<34}{t_loss:10.3f}")
     print()
+    if json_path:  # every figure above, in seconds (None: not measured)
+        figures = {"device": str(device), "batch": batch, "repeats": repeats, "accumulate_s": t_acc,
+                   "solve_s": dict(zip(("c2", "c3", "c4", "c5"), t_solve)), "update_s": t_update,
+                   "original_update_s": orig_update, "amp_reduction_s": t_amp, "loss_step_s": t_loss}
+        with open(json_path, "w") as f:
+            json.dump(figures, f, indent=1)
     ok = t_update <= GOAL_UPDATE_S
     print(f"goal: update <= {GOAL_UPDATE_S} s: {'met' if ok else 'MISSED'} ({t_update:.3f} s)")
     if orig_update is not None:
@@ -232,8 +239,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    return run(args.batch, args.repeats, torch.device(args.device))
+    return run(args.batch, args.repeats, torch.device(args.device), args.json)
 
 
 if __name__ == "__main__":

@@ -10,24 +10,27 @@ Variants, measured side by side in one run (repetitions interleaved; medians rep
 * ``double`` - the original's way: student full forward then its backbone again, teacher
                full inference (NMS included, result dropped) then its backbone again, loss,
                backward, SGD step;
-* ``mgd_amp``, ``floor_amp`` - ``mgd`` and ``floor`` with the forwards under mixed precision
-               (``SOLVER.AMP.ENABLED``: bfloat16 autocast on CPU, float16 on CUDA; the
-               loss scaling of float16 training is left out: it costs a multiply).
+* ``mgd_bf16``, ``floor_bf16``, ``mgd_fp16``, ``floor_fp16`` - ``mgd`` and ``floor`` with the
+               forwards under mixed precision (``SOLVER.AMP.ENABLED`` with
+               ``SOLVER.AMP.PRECISION`` bfloat16 / float16), float16 with its GradScaler
+               (scale, backward, unscale + step, update) as MGDTrainer trains it.
 
 Matching pass (per batch, eval mode, no grad): ``match`` (this project's
 ``accumulate_matching``) vs ``match_floor`` (the two bottom-up forwards only) vs
 ``match_orig`` (teacher full inference + both backbones, as the original ran it), and
-``match_amp`` (``match`` with the forwards autocast).
+``match_bf16`` / ``match_fp16`` (``match`` with the forwards autocast).
 
 Peak memory: each variant runs in its own fresh process, with glibc told to map every
 allocation >= 64 KiB separately and unmap it when freed (MALLOC_MMAP_THRESHOLD_), so the
 resident set follows the live tensors; the figure is the process's peak resident set (VmHWM)
 during one step minus its resident set just before it (after a warm-up step).
 
-    PYTHONPATH=detectron2:. python benchmarks/bench_step.py [--size 320] [--batch 2] [--reps 7]
+    python benchmarks/bench_step.py [--size 320] [--batch 2] [--reps 7] [--device cuda]
+        [--precisions float16,bfloat16] [--json PATH]
 """
 import argparse
 import copy
+import json
 import os
 import statistics
 import subprocess
@@ -129,24 +132,6 @@ def step_double(model, opt, batch):
     opt.step()
 
 
-def step_mgd_amp(model, opt, batch):
-    with autocast(model.device, True):
-        losses = model(batch)
-    opt.zero_grad(set_to_none=True)
-    sum(loss.float() for loss in losses.values()).backward()
-    opt.step()
-
-
-def step_floor_amp(model, opt, batch):
-    with autocast(model.device, True):
-        losses = model.s_net(batch)
-        with torch.no_grad():
-            model.t_net.backbone.bottom_up(model.t_net.preprocess_image(batch).tensor)
-    opt.zero_grad(set_to_none=True)
-    sum(loss.float() for loss in losses.values()).backward()
-    opt.step()
-
-
 @torch.no_grad()
 def match_mgd(model, opt, batch):
     model.accumulate_matching(batch)
@@ -167,23 +152,72 @@ def match_orig(model, opt, batch):
     model.distiller.accumulate_matching(model._position_list(s), model._position_list(t))
 
 
-@torch.no_grad()
-def match_amp(model, opt, batch):
-    model.amp_enabled = True
-    try:
-        model.accumulate_matching(batch)
-    finally:
-        model.amp_enabled = False
+STEPS = {"mgd": step_mgd, "floor": step_floor, "double": step_double}
+MATCHES = {"match": match_mgd, "match_floor": match_floor, "match_orig": match_orig}
 
 
-STEPS = {"mgd": step_mgd, "floor": step_floor, "double": step_double, "mgd_amp": step_mgd_amp,
-         "floor_amp": step_floor_amp}
-MATCHES = {"match": match_mgd, "match_floor": match_floor, "match_orig": match_orig, "match_amp": match_amp}
-FLOORS = {"mgd_amp": "floor_amp", "floor_amp": "floor_amp", "match_amp": "match_floor"}
+def floor_of(name: str) -> str:
+    """The variant ``name`` is compared with: its precision's floor (the matching: float32's)."""
+    if name.startswith(("mgd_", "floor_")):
+        return "floor_" + name.split("_", 1)[1]
+    return "floor" if name in STEPS else "match_floor"
+
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+def _amp_backward_and_step(model, opt, losses, scaler):
+    total = sum(loss.float() for loss in losses.values())
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        total.backward()
+        opt.step()
+    else:  # float16: as MGDTrainer.run_step
+        scaler.scale(total).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
+def amp_variants(precisions, device):
+    """{name: step} for each precision: mgd_<p>, floor_<p> (training) and match_<p> (matching)."""
+    steps, matches = {}, {}
+    for short in precisions:
+        dtype = PRECISIONS[short]
+        scaler = torch.amp.GradScaler(device.split(":")[0]) if dtype == torch.float16 else None
+
+        def mgd_step(model, opt, batch, dtype=dtype, scaler=scaler):
+            with autocast(model.device, True, dtype):
+                losses = model(batch)
+            _amp_backward_and_step(model, opt, losses, scaler)
+
+        def floor_step(model, opt, batch, dtype=dtype, scaler=scaler):
+            with autocast(model.device, True, dtype):
+                losses = model.s_net(batch)
+                with torch.no_grad():
+                    model.t_net.backbone.bottom_up(model.t_net.preprocess_image(batch).tensor)
+            _amp_backward_and_step(model, opt, losses, scaler)
+
+        @torch.no_grad()
+        def match_step(model, opt, batch, dtype=dtype):
+            model.amp_enabled, model.amp_dtype = True, dtype
+            try:
+                model.accumulate_matching(batch)
+            finally:
+                model.amp_enabled = False
+
+        steps[f"mgd_{short}"], steps[f"floor_{short}"], matches[f"match_{short}"] = mgd_step, floor_step, match_step
+    return steps, matches
+
+
+def variants(precisions, device):
+    """(steps, matches): {name: fn(model, opt, batch)}, float32's then each precision's."""
+    steps, matches = amp_variants([PRECISION_NAMES[p] for p in precisions], device)
+    return {**STEPS, **steps}, {**MATCHES, **matches}
 
 
 def _mode(model, name):
-    if name in MATCHES:
+    if name.startswith("match"):
         model.eval()
     else:
         model.train()
@@ -207,7 +241,8 @@ def _measure_peak(name, args):
     model = build(args.device)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
     batch = make_batch(args.batch, args.size)
-    fn = {**STEPS, **MATCHES}[name]
+    steps, matches = variants(_precisions(args), args.device)
+    fn = {**steps, **matches}[name]
     _mode(model, name)
     with EventStorage():
         fn(model, opt, copy.deepcopy(batch))
@@ -222,7 +257,7 @@ def _measure_peak(name, args):
 def peak_memory_mib(name, args):
     """Peak memory of one variant, measured in its own process (fork after OpenMP hangs)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--peak-of", name, "--size", str(args.size),
-           "--batch", str(args.batch), "--device", args.device]
+           "--batch", str(args.batch), "--device", args.device, "--precisions", args.precisions]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     # every allocation of 64 KiB or more gets its own mapping, returned to the OS when freed:
@@ -233,6 +268,14 @@ def peak_memory_mib(name, args):
     return float(out.split("PEAK_MIB")[-1].split()[0])
 
 
+def _precisions(args):
+    names = [p for p in args.precisions.split(",") if p]
+    unknown = sorted(set(names) - set(PRECISION_NAMES))
+    if unknown:
+        raise SystemExit(f"error: --precisions takes {', '.join(PRECISION_NAMES)}, got {', '.join(unknown)}")
+    return names
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=320)
@@ -240,68 +283,98 @@ def main():
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precisions", default="bfloat16,float16",
+                        help="mixed precisions measured besides float32 (comma-separated; '' for none)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--only", default="", help="comma-separated variants to run (default: all)")
+    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     parser.add_argument("--peak-of", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    precisions = _precisions(args)
     if args.peak_of:
         return _measure_peak(args.peak_of, args)
 
+    on_cuda = args.device.startswith("cuda")
     model = build(args.device)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
     batch = make_batch(args.batch, args.size)
-    names = list(STEPS) + list(MATCHES)
+    steps, matches = variants(precisions, args.device)
+    table = {**steps, **matches}
+    names = list(table)
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
     times = {n: [] for n in names}
+    cuda_peak = {n: [] for n in names}
     with EventStorage():
-        for name in names:  # warm-up (TorchScript, allocator)
+        for name in names:  # warm-up (TorchScript, allocator, cuDNN)
             _mode(model, name)
-            STEPS.get(name, MATCHES.get(name))(model, opt, copy.deepcopy(batch))
+            table[name](model, opt, copy.deepcopy(batch))
         for _ in range(args.reps):
             for name in names:
                 _mode(model, name)
                 data = copy.deepcopy(batch)
                 _sync(args.device)
+                if on_cuda:
+                    base = torch.cuda.memory_allocated()
+                    torch.cuda.reset_peak_memory_stats()
                 start = time.perf_counter()
-                STEPS.get(name, MATCHES.get(name))(model, opt, data)
+                table[name](model, opt, data)
                 _sync(args.device)
                 times[name].append(time.perf_counter() - start)
+                if on_cuda:
+                    cuda_peak[name].append((torch.cuda.max_memory_allocated() - base) / 2 ** 20)
     med = {n: statistics.median(v) for n, v in times.items()}
     mem = {}
-    if not args.no_memory and args.device == "cpu" and sys.platform.startswith("linux"):
+    if on_cuda:
+        mem = {n: max(v) for n, v in cuda_peak.items()}
+    elif not args.no_memory and sys.platform.startswith("linux"):
         mem = {n: peak_memory_mib(n, args) for n in names}
 
+    device_name = torch.cuda.get_device_name(torch.device(args.device)) if on_cuda else "cpu"
     print(f"MGD R50 -> R18 (RetinaNet, c2..c5), {args.batch} images {args.size}x{args.size}, "
-          f"device {args.device}, {torch.get_num_threads()} threads, {args.reps} interleaved reps, medians")
+          f"device {args.device} ({device_name}), {torch.get_num_threads()} threads, {args.reps} interleaved reps, "
+          f"medians; peak memory: {'CUDA allocated' if on_cuda else 'resident set'} above the step's start")
     print(f"{'variant':<13}{'time s':>9}{'vs floor':>10}{'peak MiB':>10}{'mem vs floor':>14}")
+
     def ratio(table, a, b):
         return table[a] / table[b] if a in table and b in table else float("nan")
 
     for name in names:
-        floor = FLOORS.get(name, "floor" if name in STEPS else "match_floor")
+        floor = floor_of(name)
         m = f"{mem[name]:>10.0f}{ratio(mem, name, floor):>13.2f}x" if mem else f"{'-':>10}{'-':>14}"
         print(f"{name:<13}{med[name]:>9.3f}{ratio(med, name, floor):>9.2f}x{m}")
     print(f"double pass / mgd step: {ratio(med, 'double', 'mgd'):.2f}x slower;  "
           f"original matching / mgd matching: {ratio(med, 'match_orig', 'match'):.2f}x slower")
-    amp_dtype = "float16" if args.device.startswith("cuda") else "bfloat16"
-    print(f"mixed precision ({amp_dtype}): mgd step {ratio(med, 'mgd_amp', 'mgd'):.2f}x the float32 step, "
-          f"floor {ratio(med, 'floor_amp', 'floor'):.2f}x, matching {ratio(med, 'match_amp', 'match'):.2f}x "
-          "(the AMP step rows' 'vs floor' is against floor_amp; match_amp's against the float32 match_floor)")
+    for precision in precisions:
+        p = PRECISION_NAMES[precision]
+        print(f"mixed precision ({precision}{', GradScaler' if p == 'fp16' else ''}): mgd step "
+              f"{ratio(med, f'mgd_{p}', 'mgd'):.2f}x the float32 step, floor {ratio(med, f'floor_{p}', 'floor'):.2f}x, "
+              f"matching {ratio(med, f'match_{p}', 'match'):.2f}x (step rows against floor_{p}; match_{p} "
+              "against the float32 match_floor)")
     goals = [  # (label, measured ratio, limit, the ratio must be <= limit?)
         ("step <= 1.10x floor", ratio(med, "mgd", "floor"), 1.10, True),
         ("double pass >= 1.6x slower than step", ratio(med, "double", "mgd"), 1.6, False),
         ("matching <= 1.10x floor", ratio(med, "match", "match_floor"), 1.10, True),
-        ("AMP step <= 1.10x AMP floor", ratio(med, "mgd_amp", "floor_amp"), 1.10, True),
-        ("AMP gain on the step >= the floor's", ratio(med, "mgd", "mgd_amp") / ratio(med, "floor", "floor_amp"), 1.0, False),
     ]
+    for precision in precisions:
+        p = PRECISION_NAMES[precision]
+        goals += [(f"{precision} step <= 1.10x its floor", ratio(med, f"mgd_{p}", f"floor_{p}"), 1.10, True),
+                  (f"{precision} gain on the step >= the floor's",
+                   ratio(med, "mgd", f"mgd_{p}") / ratio(med, "floor", f"floor_{p}"), 1.0, False)]
     if mem:
         goals.append(("step peak memory <= 1.15x floor", ratio(mem, "mgd", "floor"), 1.15, True))
     verdicts = [f"{label}: {'met' if (r <= lim if upper else r >= lim) else 'NOT met'} ({r:.2f}x)"
                 for label, r, lim, upper in goals if r == r]  # skip variants not run (nan)
     print("goals: " + "; ".join(verdicts))
+    if args.json:
+        figures = {"device": args.device, "device_name": device_name, "threads": torch.get_num_threads(),
+                   "size": args.size, "batch": args.batch, "reps": args.reps, "precisions": precisions,
+                   "seconds": med, "peak_mib": mem, "vs_floor": {n: ratio(med, n, floor_of(n)) for n in names},
+                   "goals": verdicts}
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

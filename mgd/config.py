@@ -7,13 +7,22 @@ Keys added (defaults = the original's COCO 1x setting, DESIGN.md):
 * ``MGD.REDUCER`` "amp" | "rd" | "sp" | "sm"
 * ``MGD.IGNORE_INDS`` positions not distilled, over ``[c2, c3, c4, c5, p3, p4, p5, p6, p7]``
 * ``MGD.SYNC_BN`` the norms MGD adds to the student (distiller norms and, when
-  ``MGD.STUDENT.STAGE_LAST_NORM`` is "GN", the stage-last norms) become SyncBN
+  ``MGD.STUDENT.STAGE_LAST_NORM`` is "GN", the stage-last norms) become the original's
+  synchronised BN, Detectron2's ``NaiveSyncBatchNorm`` ("naiveSyncBN": each rank's batch
+  statistics averaged with equal weight)
 * ``MGD.PRERELU`` distil the pre-ReLU taps (True) or their ReLU (False; c positions)
-* ``MGD.UPDATE_FREQ``, ``MGD.UPDATE_SLOW_STEP``, ``MGD.UPDATE_ITER`` the matching schedule
+* ``MGD.UPDATE_FREQ``, ``MGD.UPDATE_SLOW_STEP``, ``MGD.UPDATE_ITER`` the matching schedule;
+  ``MGD.UPDATE_ITER`` as in the reference: ``UPDATE_ITER + 1`` batches of its per-GPU batch,
+  i.e. ``(UPDATE_ITER + 1) * IMS_PER_BATCH / REFERENCE_WORLD_SIZE`` images per matching
+  (``mgd.matching.plan_matching_pass``)
+* ``MGD.MATCHING_RANKS`` "all" (each matching is solved from every rank's images: the same
+  image count at any process count) | "rank0" (rank 0's alone, the original's rule)
 * ``MGD.LOSS_FACTORS`` nine per-position divisors of the loss
 * ``MGD.REFERENCE_WORLD_SIZE`` the GPU count whose distillation-to-detection balance is
   reproduced at any process count (``distillation_divisor``; 0 = the original code's rule)
-* ``SOLVER.AMP.ENABLED`` mixed precision (Detectron2's later key; the pin lacks it)
+* ``SOLVER.AMP.ENABLED`` mixed precision (Detectron2's later key; the pin lacks it);
+  ``SOLVER.AMP.PRECISION`` "auto" (float16 with loss scaling on CUDA, bfloat16 on CPU) |
+  "float16" | "bfloat16"
 * ``MGD.TEACHER.*`` / ``MGD.STUDENT.*``: DEPTH, RES2_OUT_CHANNELS, STRIDE_IN_1X1, FREEZE_AT,
   NORM, STAGE_LAST_NORM, PIXEL_MEAN, PIXEL_STD of each RetinaNet
 * ``MODEL.RESNETS.STAGE_LAST_NORM`` ("" = off) for the ``build_mgd_*`` backbones
@@ -43,12 +52,15 @@ __all__ = [
     "MGD_BACKBONE",
     "TORCHVISION_PIXEL_MEAN",
     "TORCHVISION_PIXEL_STD",
+    "SYNC_BN_NORM",
 ]
 
 MGD_META_ARCHITECTURE = "MGDRetinaNet"
 MGD_BACKBONE = "build_mgd_retinanet_resnet_fpn_backbone"
 TORCHVISION_PIXEL_MEAN = [123.675, 116.28, 103.53]
 TORCHVISION_PIXEL_STD = [58.395, 57.12, 57.375]
+#: Detectron2's get_norm name of the original's synchronised BN (MGD.SYNC_BN)
+SYNC_BN_NORM = "naiveSyncBN"
 
 # (MGD.<NET> key, where it goes in the derived RetinaNet config)
 _NET_KEYS = (
@@ -81,6 +93,8 @@ def add_mgd_config(cfg):
     cfg.MODEL.RESNETS.STAGE_LAST_NORM = ""
     if "AMP" not in cfg.SOLVER:  # Detectron2's later convention; absent at the pin
         cfg.SOLVER.AMP = CN({"ENABLED": False})
+    # the autocast dtype: "auto" = float16 (with a GradScaler) on CUDA, bfloat16 on CPU
+    cfg.SOLVER.AMP.PRECISION = "auto"
 
     cfg.MGD = CN()
     cfg.MGD.REDUCER = DEFAULT_REDUCER
@@ -91,7 +105,10 @@ def add_mgd_config(cfg):
     # matching update every UPDATE_FREQ[k] iterations, k = number of UPDATE_SLOW_STEP passed
     cfg.MGD.UPDATE_FREQ = [5000, 31000]
     cfg.MGD.UPDATE_SLOW_STEP = [20000]
+    # as in the reference: UPDATE_ITER + 1 batches of 2 images (its per-GPU batch) per matching
     cfg.MGD.UPDATE_ITER = 1000
+    # "all": solve each matching from every rank's images; "rank0": rank 0's (the original)
+    cfg.MGD.MATCHING_RANKS = "all"
     cfg.MGD.LOSS_FACTORS = list(DEFAULT_LOSS_FACTORS)
     # The published run: 8 GPUs. Each process divides its summed distillation loss by
     # IMS_PER_BATCH * REFERENCE_WORLD_SIZE / world_size (see distillation_divisor).
@@ -132,7 +149,9 @@ def derive_net_config(cfg, role: str):
 
     A clone of ``cfg`` with META_ARCHITECTURE "RetinaNet", the MGD backbone, and the keys of
     ``MGD.TEACHER`` / ``MGD.STUDENT`` written to their MODEL.* places. With ``MGD.SYNC_BN``
-    a student stage-last norm of "GN" becomes "SyncBN" (as the original did).
+    a student stage-last norm of "GN" becomes "naiveSyncBN": Detectron2's NaiveSyncBatchNorm,
+    what the original's "SyncBN" was on the PyTorch of its time (<= 1.5; later Detectron2
+    maps "SyncBN" to ``nn.SyncBatchNorm``, which weights each rank by its element count).
     """
     if role not in ("teacher", "student"):
         raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
@@ -148,7 +167,7 @@ def derive_net_config(cfg, role: str):
         value = node[key]
         parent[path[-1]] = list(value) if isinstance(value, (list, tuple)) else value
     if role == "student" and cfg.MGD.SYNC_BN and out.MODEL.RESNETS.STAGE_LAST_NORM == "GN":
-        out.MODEL.RESNETS.STAGE_LAST_NORM = "SyncBN"
+        out.MODEL.RESNETS.STAGE_LAST_NORM = SYNC_BN_NORM
     out.MODEL.WEIGHTS = ""
     out.freeze()
     return out

@@ -6,8 +6,12 @@ feature taps (one list entry per position, pre-ReLU by default) and the teacher'
 affines; it calls, in order:
 
     update_margins(affines)                  # at start and on resume
-    reset_matching(); accumulate_matching(s, t) x UPDATE_ITER; finish_matching()
+    reset_matching(); accumulate_matching(s, t) per batch; finish_matching(ranks)
     losses = distiller(s, t)                 # every step; {position: loss}
+
+Under torch.distributed, ``finish_matching`` solves from the costs of every rank summed
+(``ranks="all"``) or of rank 0 alone (``ranks="rank0"``, the original's rule), and every rank
+ends with the same assignment; ``last_statistic`` says how many images, from which ranks.
 
 Per distilled position, the recomputed state (margin, accumulated cost, assignment) lives in
 a :class:`PositionState` under ``positions[<position>]``: non-persistent buffers, so
@@ -15,7 +19,8 @@ a :class:`PositionState` under ``positions[<position>]``: non-persistent buffers
 :meth:`MGDDistiller.margins` and :meth:`MGDDistiller.assignments`. The student norms are
 ordinary (persistent) parameters; the state dict holds exactly ``student_norms.<position>.*``.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -36,6 +41,8 @@ from .reducers import REDUCERS, reduce_teacher
 __all__ = [
     "MGDDistiller",
     "PositionState",
+    "MatchingStatistic",
+    "MATCHING_RANKS",
     "build_student_norm",
     # re-exported from mgd.defaults, where they are defined
     "DEFAULT_POSITION_NAMES",
@@ -45,6 +52,45 @@ __all__ = [
 ]
 
 Affine = Optional[Tuple[Tensor, Tensor]]
+#: a student norm: "GN", or a callable channels -> module (e.g. Detectron2's NaiveSyncBatchNorm)
+Norm = Union[str, Callable[[int], nn.Module]]
+#: whose accumulated costs a matching is solved from, under torch.distributed
+MATCHING_RANKS = ("all", "rank0")
+
+
+@dataclass(frozen=True)
+class MatchingStatistic:
+    """What the last ``finish_matching`` solved from.
+
+    Attributes:
+        ranks: "all" (every rank's costs summed) or "rank0" (rank 0's alone, the original's rule).
+        images_per_rank: images each rank accumulated, by rank (one entry without torch.distributed).
+        images: images the solved mean cost is over (the sum over the ranks used).
+    """
+
+    ranks: str
+    images_per_rank: Tuple[int, ...]
+    images: int
+
+    @property
+    def contributing_ranks(self) -> Tuple[int, ...]:
+        """The ranks whose images entered the solved cost."""
+        used = range(len(self.images_per_rank)) if self.ranks == "all" else range(1)
+        return tuple(r for r in used if self.images_per_rank[r] > 0)
+
+    def describe(self) -> str:
+        """One line, e.g. "2002 images from ranks 0-7 of 8 (ranks 'all'; images per rank [256, ..., 210])"."""
+        ranks = self.contributing_ranks
+        if not ranks:
+            who = "no rank"
+        elif len(ranks) == 1:
+            who = f"rank {ranks[0]}"
+        elif list(ranks) == list(range(ranks[0], ranks[-1] + 1)):
+            who = f"ranks {ranks[0]}-{ranks[-1]}"
+        else:
+            who = "ranks " + ",".join(map(str, ranks))
+        counts = "" if len(self.images_per_rank) == 1 else f"; images per rank {list(self.images_per_rank)}"
+        return f"{self.images} images from {who} of {len(self.images_per_rank)} (ranks {self.ranks!r}{counts})"
 
 
 class PositionState(nn.Module):
@@ -52,7 +98,7 @@ class PositionState(nn.Module):
 
     Attributes (non-persistent buffers; None until first set):
         margin: [tc] float, the teacher margins (``update_margins``).
-        cost: [sc, tc] float, the matching cost summed over the images accumulated since
+        cost: [sc, tc] float64, the matching cost summed over the images accumulated since
             the last reset (``accumulate_matching``).
         assignment: [L] long, teacher channel per tiled student row (``finish_matching``;
             L = k * sc with k = tc // sc, or sc for the "sm" reducer).
@@ -68,15 +114,19 @@ class PositionState(nn.Module):
             self.register_buffer(kind, None, persistent=False)
 
 
-def build_student_norm(kind: str, channels: int) -> nn.Module:
-    """"GN" -> GroupNorm(32, C) (C % 32 == 0 required); "SyncBN" -> SyncBatchNorm(C)."""
-    if kind == "GN":
+def build_student_norm(norm: Norm, channels: int) -> nn.Module:
+    """"GN" -> GroupNorm(32, C) (C % 32 == 0 required); a callable -> ``norm(C)``.
+
+    The framework supplies any other norm as a callable, e.g. Detectron2's
+    ``NaiveSyncBatchNorm`` for ``MGD.SYNC_BN`` (the original's synchronised BN).
+    """
+    if callable(norm):
+        return norm(channels)
+    if norm == "GN":
         if channels % GN_GROUPS != 0:
             raise ValueError(f"GN student norm needs channels divisible by {GN_GROUPS}, got {channels}")
         return nn.GroupNorm(GN_GROUPS, channels)
-    if kind == "SyncBN":
-        return nn.SyncBatchNorm(channels)
-    raise ValueError(f"unknown student norm {kind!r}; expected 'GN' or 'SyncBN'")
+    raise ValueError(f"unknown student norm {norm!r}; expected 'GN' or a callable channels -> norm module")
 
 
 class MGDDistiller(nn.Module):
@@ -88,7 +138,7 @@ class MGDDistiller(nn.Module):
         ignore_inds: positions not distilled (their features may be None).
         loss_factors: per position; each loss is divided by its factor (must be > 0 where
             distilled).
-        norm: student norm per distilled position, "GN" or "SyncBN".
+        norm: student norm per distilled position: "GN", or a callable channels -> module.
         position_names: names of the positions (keys of the returned losses).
     """
 
@@ -100,7 +150,7 @@ class MGDDistiller(nn.Module):
         reducer: str = DEFAULT_REDUCER,
         ignore_inds: Sequence[int] = DEFAULT_IGNORE_INDS,
         loss_factors: Sequence[float] = DEFAULT_LOSS_FACTORS,
-        norm: str = "GN",
+        norm: Norm = "GN",
         position_names: Sequence[str] = DEFAULT_POSITION_NAMES,
     ):
         super().__init__()
@@ -138,6 +188,8 @@ class MGDDistiller(nn.Module):
         #: {position: PositionState} over the distilled positions
         self.positions = nn.ModuleDict({self._name(i): PositionState() for i in self.distilled_positions})
         self.images_seen = 0  # images accumulated since the last reset (a host int: no sync)
+        #: what the last finish_matching solved from (None before the first)
+        self.last_statistic: Optional[MatchingStatistic] = None
 
     # -- naming -------------------------------------------------------------------------
     def _name(self, i: int) -> str:
@@ -183,25 +235,46 @@ class MGDDistiller(nn.Module):
     def accumulate_matching(
         self, student_feats: Sequence[Optional[Tensor]], teacher_feats: Sequence[Optional[Tensor]]
     ) -> None:
-        """Add one batch's matching costs (raw student taps vs teacher taps, [N, C, H, W])."""
+        """Add one batch's matching costs (raw student taps vs teacher taps, [N, C, H, W]).
+
+        The costs are summed in float64, so that the sum hardly depends on how the images are
+        split into batches and over ranks.
+        """
         pairs = self._checked_pairs(student_feats, teacher_feats)
         for i, (s, t) in pairs.items():
-            cost, state = matching_cost(s, t), self._state(i)
+            cost, state = matching_cost(s, t).double(), self._state(i)
             state.cost = cost if state.cost is None else state.cost.add_(cost)
         self.images_seen += next(iter(pairs.values()))[0].shape[0]
 
-    def finish_matching(self) -> Dict[str, float]:
+    def finish_matching(self, ranks: str = "all") -> Dict[str, float]:
         """Solve the assignment per distilled position from the mean cost per image.
 
-        Under torch.distributed, rank 0 solves and broadcasts, so every rank ends with rank
-        0's assignment. Resets the accumulators. Returns {position: mean cost of the matched
-        pairs} (in [0, 4]) for logging.
+        Args:
+            ranks: under torch.distributed, "all": every rank's summed costs and image counts
+                are added up (all-reduce), so the assignment is solved from all the images of
+                the pass, whatever the process count; "rank0": rank 0's costs alone are used
+                (broadcast; the original's rule: the other ranks' images are ignored). A rank
+                may have accumulated nothing. Without torch.distributed both are the same.
+
+        Rank 0 solves and broadcasts: every rank ends with the same assignment and the same
+        :attr:`last_statistic`. Resets the accumulators. Returns {position: mean cost of the
+        matched pairs} (in [0, 4]) for logging, equal on every rank.
         """
-        if self.images_seen == 0:
-            raise ValueError("finish_matching() called before accumulate_matching()")
-        costs = {i: self._state(i).cost / self.images_seen for i in self.distilled_positions}
-        sparse = self.reducer == "sm"
+        if ranks not in MATCHING_RANKS:
+            raise ValueError(f"ranks must be one of {MATCHING_RANKS}, got {ranks!r}")
         distributed = dist.is_available() and dist.is_initialized()
+        if not distributed and self.images_seen == 0:
+            raise ValueError("finish_matching() called before accumulate_matching()")
+        summed = {i: self._summed_cost(i) for i in self.distilled_positions}
+        images_per_rank = [self.images_seen]
+        if distributed:
+            summed, images_per_rank = _combine_ranks(summed, self.images_seen, ranks)
+        statistic = MatchingStatistic(ranks, tuple(images_per_rank),
+                                      sum(images_per_rank) if ranks == "all" else images_per_rank[0])
+        if statistic.images == 0:
+            raise ValueError(f"finish_matching(): no image accumulated ({statistic.describe()})")
+        costs = {i: (c / statistic.images).float() for i, c in summed.items()}
+        sparse = self.reducer == "sm"
         if not distributed or dist.get_rank() == 0:
             assignments = {i: solve_matching(c, sparse=sparse) for i, c in costs.items()}
         else:
@@ -217,8 +290,17 @@ class MGDDistiller(nn.Module):
             students = torch.arange(guided.numel(), device=guided.device) % self.student_channels[i]
             matched_costs.append(costs[i][students, guided].mean())
         self.reset_matching()
+        self.last_statistic = statistic
         names = [self._name(i) for i in assignments]
         return dict(zip(names, torch.stack(matched_costs).tolist()))
+
+    def _summed_cost(self, i: int) -> Tensor:
+        """Position ``i``'s accumulated cost [sc, tc] (float64), zeros if nothing was accumulated."""
+        cost = self._state(i).cost
+        if cost is None:
+            shape = (self.student_channels[i], self.teacher_channels[i])
+            cost = torch.zeros(shape, dtype=torch.float64, device=self._default_device())
+        return cost
 
     # -- loss ---------------------------------------------------------------------------
     def forward(
@@ -290,6 +372,24 @@ class MGDDistiller(nn.Module):
     def extra_repr(self) -> str:
         names = [self._name(i) for i in self.distilled_positions]
         return f"reducer={self.reducer!r}, distilled={names}"
+
+
+def _combine_ranks(summed: Dict[int, Tensor], images: int, ranks: str) -> Tuple[Dict[int, Tensor], List[int]]:
+    """The costs every rank solves from, and each rank's image count (gathered).
+
+    "all": the costs summed over the ranks (one all-reduce); "rank0": rank 0's (one broadcast).
+    """
+    order = sorted(summed)
+    flat = torch.cat([summed[i].reshape(-1) for i in order])
+    if ranks == "all":
+        dist.all_reduce(flat)
+    else:
+        dist.broadcast(flat, src=0)
+    counts = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([images], dtype=torch.long, device=flat.device))
+    sizes = [summed[i].numel() for i in order]
+    combined = {i: part.view_as(summed[i]) for i, part in zip(order, flat.split(sizes))}
+    return combined, [int(c.item()) for c in counts]
 
 
 def _broadcast_from_rank0(assignments: Dict[int, Tensor]) -> Dict[int, Tensor]:

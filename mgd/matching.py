@@ -4,13 +4,21 @@ The cost of pairing student channel s with teacher channel t is the squared dist
 their L2-normalised response maps, 2 - 2 cos(s, t), summed over images. Every student channel
 is matched to tc // sc distinct teacher channels by one linear sum assignment over the cost
 stacked tc // sc times ("tiled"); the sparse variant (SM) matches one teacher channel each.
+
+:func:`plan_matching_pass` sizes one matching pass (batches drawn, images used) so that the
+assignment is solved from as many images as the reference run's, at any process count.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-__all__ = ["matching_cost", "solve_matching", "copies_per_student", "assignment_length"]
+__all__ = [
+    "matching_cost", "solve_matching", "copies_per_student", "assignment_length",
+    "MatchingPass", "plan_matching_pass",
+]
 
 
 def copies_per_student(student_channels: int, teacher_channels: int) -> int:
@@ -113,3 +121,75 @@ def _solve_tiled(cost: np.ndarray, k: int) -> np.ndarray:
     order = np.lexsort((teachers, student_of_teacher))  # by student, then teacher index
     per_student = teachers[order].reshape(sc, k)  # [sc, k], ascending teacher indices
     return np.ascontiguousarray(per_student.T).reshape(-1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MatchingPass:
+    """One matching pass: how many batches each rank draws and which images enter the costs.
+
+    Attributes:
+        ranks: "all" (every rank's costs are summed before the solve) or "rank0" (rank 0's
+            alone, the original's rule).
+        world_size: processes.
+        rank_batch: images per batch on each rank (``IMS_PER_BATCH / world_size``).
+        batches: batches every rank draws from its training stream (equal on every rank, so
+            the ranks' data streams stay aligned).
+        images: images the assignment is solved from (over the ranks whose costs are used).
+    """
+
+    ranks: str
+    world_size: int
+    rank_batch: int
+    batches: int
+    images: int
+
+    def images_taken(self, rank: int, batch: int) -> int:
+        """How many of the first images of ``rank``'s ``batch``-th batch (0-based) enter the costs.
+
+        "all": the pass's images are counted batch by batch, rank by rank within a batch, and
+        the count stops at :attr:`images` (only the last batch may be used in part).
+        "rank0": every image of rank 0, none of the others.
+        """
+        if not (0 <= rank < self.world_size and 0 <= batch < self.batches):
+            raise ValueError(f"rank {rank} / batch {batch} outside the pass ({self.world_size} ranks, "
+                             f"{self.batches} batches)")
+        if self.ranks == "rank0":
+            return self.rank_batch if rank == 0 else 0
+        before = (batch * self.world_size + rank) * self.rank_batch
+        return max(0, min(self.rank_batch, self.images - before))
+
+
+def plan_matching_pass(update_iter: int, ims_per_batch: int, reference_world_size: int,
+                       world_size: int, ranks: str = "all") -> MatchingPass:
+    """Size a matching pass from ``MGD.UPDATE_ITER`` as the reference run meant it.
+
+    The original ran ``update_iter + 1`` batches on each of its ``reference_world_size`` GPUs
+    (its per-GPU batch: ``ims_per_batch / reference_world_size`` images) and solved from rank
+    0's images alone: ``(update_iter + 1) * ims_per_batch / reference_world_size`` images
+    (COCO: 1001 x 2 = 2002).
+
+    * ``ranks="all"``: the assignment is solved from that many images (rounded up) at any
+      process count, summed over every rank: each rank draws
+      ``ceil(images / ims_per_batch)`` batches (COCO: 126 on 1, 2 or 8 GPUs), and only the
+      images up to the count enter the costs.
+    * ``ranks="rank0"``: the original's rule: ``update_iter + 1`` batches on every rank, rank
+      0's images only (``(update_iter + 1) * ims_per_batch / world_size``: the count depends
+      on the process count).
+
+    ``reference_world_size`` 0 (the original code's rules, see ``distillation_divisor``) takes
+    this run as its own reference: ``reference_world_size = world_size``.
+    """
+    if ranks not in ("all", "rank0"):
+        raise ValueError(f"MGD.MATCHING_RANKS must be 'all' or 'rank0', got {ranks!r}")
+    if update_iter < 0 or ims_per_batch <= 0 or world_size <= 0 or reference_world_size < 0:
+        raise ValueError(f"need update_iter >= 0, ims_per_batch > 0, world_size > 0, reference_world_size >= 0; "
+                         f"got {update_iter}, {ims_per_batch}, {world_size}, {reference_world_size}")
+    if ims_per_batch % world_size:
+        raise ValueError(f"ims_per_batch {ims_per_batch} is not divisible by world_size {world_size}")
+    rank_batch = ims_per_batch // world_size
+    if ranks == "rank0":
+        batches = update_iter + 1
+        return MatchingPass(ranks, world_size, rank_batch, batches, batches * rank_batch)
+    reference = reference_world_size or world_size
+    images = -(-(update_iter + 1) * ims_per_batch // reference)  # ceil, in integers
+    return MatchingPass(ranks, world_size, rank_batch, -(-images // ims_per_batch), images)

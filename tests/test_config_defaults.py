@@ -19,7 +19,7 @@ from mgd.config import add_mgd_config  # noqa: E402
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # the keys add_mgd_config adds outside MGD.* where Detectron2 lacks them (today's Detectron2 has
 # SOLVER.AMP.ENABLED itself, with the same default)
-ADDED = {"MODEL.RESNETS.STAGE_LAST_NORM", "SOLVER.AMP.ENABLED"}
+ADDED = {"MODEL.RESNETS.STAGE_LAST_NORM", "SOLVER.AMP.ENABLED", "SOLVER.AMP.PRECISION"}
 
 
 class _Loader(yaml.SafeLoader):
@@ -55,7 +55,7 @@ def test_mgd_defaults_are_the_originals():
     assert cfg.MGD.REDUCER == "amp"
     assert list(cfg.MGD.IGNORE_INDS) == [4, 5, 6, 7, 8]
     assert cfg.MGD.LOSS_FACTORS == pytest.approx([5e7, 5e7, 5e6, 5e6, 5e7, 5e7, 5e5, 0.0, 0.0])
-    assert (cfg.MODEL.RESNETS.STAGE_LAST_NORM, cfg.SOLVER.AMP.ENABLED) == ("", False)
+    assert (cfg.MODEL.RESNETS.STAGE_LAST_NORM, cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION) == ("", False, "auto")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))

@@ -1,5 +1,7 @@
 """Mixed precision (SOLVER.AMP.ENABLED) on CPU: bfloat16 autocast in both networks' forwards,
-the distillation loss in float32, losses close to float32 training, loss-scaler state on resume."""
+the distillation loss in float32, losses close to float32 training, loss-scaler state on resume;
+SOLVER.AMP.PRECISION float16 trains with an enabled GradScaler, which skips a step whose
+gradients are not finite and lowers its scale (the float16 numerics: tests/test_amp_float16.py)."""
 import itertools
 
 import pytest
@@ -15,7 +17,8 @@ import_overlay()
 
 from detectron2.engine.mgd_trainer import MGDTrainer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.modeling.meta_arch.mgd_retinanet import autocast  # noqa: E402
+from detectron2.engine.train_loop import HookBase  # noqa: E402
+from detectron2.modeling.meta_arch.mgd_retinanet import amp_dtype, autocast  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 # 96 px, not the tests' usual 64: at 64 px FPN's p7 conv sees a 1x1 p6, a shape for which
@@ -52,6 +55,24 @@ def test_autocast_is_bfloat16_on_cpu_and_off_when_disabled():
         assert conv(x).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), False):
         assert conv(x).dtype == torch.float32
+    with autocast(torch.device("cpu"), True, torch.float16):
+        assert conv(x).dtype == torch.float16
+
+
+def test_precision_setting_chooses_the_dtype_and_the_loss_scaling(tmp_path):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (amp_dtype("auto", cpu), amp_dtype("auto", cuda)) == (torch.bfloat16, torch.float16)
+    assert amp_dtype("float16", cpu) == amp_dtype("float16", cuda) == torch.float16
+    assert amp_dtype("bfloat16", cuda) == torch.bfloat16
+    with pytest.raises(ValueError, match="PRECISION"):
+        amp_dtype("fp16", cpu)
+    for precision, dtype, scaling in (("auto", torch.bfloat16, False), ("float16", torch.float16, True),
+                                      ("bfloat16", torch.bfloat16, False)):
+        trainer = FixedBatchTrainer(_cfg(tmp_path, "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", precision))
+        assert (trainer.amp_dtype, trainer.model.amp_dtype) == (dtype, dtype)
+        assert trainer.grad_scaler.is_enabled() is scaling  # float16 always trains with loss scaling
+    off = FixedBatchTrainer(_cfg(tmp_path, "SOLVER.AMP.PRECISION", "float16"))  # AMP off: no scaler
+    assert not off.grad_scaler.is_enabled()
 
 
 @pytest.mark.slow
@@ -150,3 +171,49 @@ def test_amp_resume_restores_the_loss_scaler_state(tmp_path):
     assert second.grad_scaler.get_scale() == 4096.0
     second.train()
     assert second.grad_scaler.get_scale() == 16384.0
+
+
+class _Snapshots(HookBase):
+    """After every step: the student's trainable parameters, the scaler's state, the optimizer's."""
+
+    def __init__(self):
+        self.taken = []
+
+    def take(self):
+        params = {n: p.detach().clone() for n, p in self.trainer.model.named_parameters() if p.requires_grad}
+        self.taken.append((params, self.trainer.grad_scaler.state_dict(), len(self.trainer.optimizer.state)))
+
+    def after_step(self):
+        self.take()
+
+
+@pytest.mark.slow
+def test_float16_step_skips_an_inf_gradient_and_lowers_the_scale(tmp_path):
+    """Through MGDTrainer.run_step, float16 on CPU: step 0's gradient of one student weight is
+    made inf: no parameter moves, no optimizer state is created, the scale halves (2^16 -> 2^15)
+    and the growth tracker restarts; step 1 (finite) moves the parameters at that scale."""
+    torch.manual_seed(0)
+    trainer = FixedBatchTrainer(_cfg(tmp_path, "SOLVER.MAX_ITER", "2", "SOLVER.AMP.ENABLED", "True",
+                                     "SOLVER.AMP.PRECISION", "float16"))
+    trainer.resume_or_load(resume=False)
+    assert trainer.grad_scaler.is_enabled() and trainer.grad_scaler.get_scale() == 2.0 ** 16
+    calls = []
+
+    def poison(grad):
+        calls.append(1)
+        return torch.full_like(grad, float("inf")) if len(calls) == 1 else grad
+
+    trainer.model.s_net.backbone.bottom_up.res3[0].conv1.weight.register_hook(poison)
+    snapshots = _Snapshots()
+    trainer.register_hooks([snapshots])
+    snapshots.take()  # before training
+    trainer.train()
+
+    (before, scaler0, _), (after_inf, scaler1, state1), (after_ok, scaler2, state2) = snapshots.taken
+    assert len(calls) == 2
+    assert all(torch.equal(before[k], after_inf[k]) for k in before)  # the inf step was skipped
+    assert state1 == 0  # the optimizer's step never ran
+    assert (scaler0["scale"], scaler1["scale"], scaler1["_growth_tracker"]) == (2.0 ** 16, 2.0 ** 15, 0)
+    moved = [k for k in before if not torch.equal(after_inf[k], after_ok[k])]
+    assert any(k.startswith("s_net.backbone.") for k in moved) and all(torch.isfinite(after_ok[k]).all() for k in moved)
+    assert (scaler2["scale"], scaler2["_growth_tracker"], state2 > 0) == (2.0 ** 15, 1, True)

@@ -52,6 +52,7 @@ def test_config_defaults_and_derivation(tmp_path):
     assert cfg.MGD.REDUCER == "amp" and list(cfg.MGD.IGNORE_INDS) == [4, 5, 6, 7, 8]
     assert cfg.MGD.UPDATE_FREQ == [5000, 31000] and cfg.MGD.UPDATE_SLOW_STEP == [20000]
     assert cfg.MGD.UPDATE_ITER == 1000 and cfg.MGD.PRERELU and not cfg.MGD.SYNC_BN
+    assert cfg.MGD.MATCHING_RANKS == "all" and cfg.SOLVER.AMP.PRECISION == "auto"
     assert cfg.MGD.LOSS_FACTORS == pytest.approx([f * 5e7 for f in (1, 1, 0.1, 0.1, 1, 1, 0.01, 0, 0)])
     assert cfg.SOLVER.NESTEROV and cfg.INPUT.FORMAT == "RGB"
     t, s = teacher_config(cfg), student_config(cfg)
@@ -68,8 +69,8 @@ def test_config_defaults_and_derivation(tmp_path):
     # overriding one net does not leak into the other
     cfg.MGD.STUDENT.DEPTH = 34
     assert teacher_config(cfg).MODEL.RESNETS.DEPTH == 50 and student_config(cfg).MODEL.RESNETS.DEPTH == 34
-    cfg.MGD.SYNC_BN = True
-    assert student_config(cfg).MODEL.RESNETS.STAGE_LAST_NORM == "SyncBN"
+    cfg.MGD.SYNC_BN = True  # the original's SyncBN: Detectron2's NaiveSyncBatchNorm (tests/test_sync_bn.py)
+    assert student_config(cfg).MODEL.RESNETS.STAGE_LAST_NORM == "naiveSyncBN"
     assert teacher_config(cfg).MODEL.RESNETS.STAGE_LAST_NORM == ""
 
 

@@ -31,7 +31,8 @@ def test_distillation_iterations_train_student_and_leave_teacher_identical(tmp_p
     out = tmp_path_factory.mktemp("train")
     cfg = load_cfg(out, "demo_mgd_R50_R18.yaml", TINY_INPUT + [
         "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
-        "MGD.UPDATE_ITER", "2", "MGD.UPDATE_FREQ", "[2, 4]", "MGD.UPDATE_SLOW_STEP", "[10]",
+        # each matching: (15 + 1) x 2 / 8 = 4 images, two batches
+        "MGD.UPDATE_ITER", "15", "MGD.UPDATE_FREQ", "[2, 4]", "MGD.UPDATE_SLOW_STEP", "[10]",
         "MGD.IGNORE_INDS", "[3, 4, 5, 6, 7, 8]", "OUTPUT_DIR", str(out / "run"),
     ])
     cfg.DATASETS.TEST = ()  # no evaluation here
@@ -57,7 +58,8 @@ def test_distillation_iterations_train_student_and_leave_teacher_identical(tmp_p
     timer = next(i for i, h in enumerate(trainer._hooks) if type(h).__name__ == "IterationTimer")
     assert trainer._hooks.index(hook) == 0 < timer
     assert [r["iteration"] for r in hook.history] == [0, 2]
-    assert all(set(r["costs"]) == {"c2", "c3", "c4"} and r["images"] == 4 for r in hook.history)
+    assert all(set(r["costs"]) == {"c2", "c3", "c4"} and (r["images"], r["images_per_rank"]) == (4, [4])
+               for r in hook.history)
     lines = [json.loads(x) for x in (out / "run" / "mgd_matching.json").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [0, 2]
     metrics = [json.loads(x) for x in (out / "run" / "metrics.json").read_text().splitlines()]

@@ -89,6 +89,7 @@ def test_assignment_solves_the_mean_cost_over_all_accumulated_images():
         d.accumulate_matching(s, t)
     summary = d.finish_matching()
     assert d.images_seen == 0  # finish_matching resets the accumulators
+    assert (d.last_statistic.images, d.last_statistic.images_per_rank) == (4, (4,))
     for i in d.distilled_positions:
         name = d.position_names[i]
         s_all = torch.cat([b[0][i] for b in batches])
@@ -145,11 +146,29 @@ def test_recomputed_state_follows_the_module_and_views_are_copies_of_the_mapping
     assert d.accumulated_costs() == {} and list(d.assignments()) == ["c2", "c3", "c4", "c5"]
 
 
-def test_sync_bn_option():
-    d = ready_distiller(norm="SyncBN")
-    assert isinstance(d.student_norms["c3"], nn.SyncBatchNorm)
-    losses = d(features(STUDENT, seed=3), features(TEACHER, seed=4))
-    assert all(torch.isfinite(v) for v in losses.values())
+def test_norm_factory_builds_each_distilled_positions_norm():
+    """Another norm (MGD.SYNC_BN: Detectron2's NaiveSyncBatchNorm) comes from the framework as a
+    callable channels -> module; the core only calls it, once per distilled position."""
+    asked = []
+
+    def factory(channels):
+        asked.append(channels)
+        return nn.BatchNorm2d(channels)
+
+    d = ready_distiller(norm=factory)
+    assert asked == [32, 32, 64, 64]  # c2..c5's student channels, in order
+    assert all(isinstance(d.student_norms[p], nn.BatchNorm2d) for p in ("c2", "c3", "c4", "c5"))
+    student, teacher = features(STUDENT, seed=3), features(TEACHER, seed=4)
+    losses = d(student, teacher)
+    # c5 through the factory's BatchNorm (batch statistics in training mode), not a GroupNorm
+    i = 3
+    normed = nn.functional.batch_norm(student[i], None, None, training=True)
+    guided = d.assignments()["c5"]
+    target, margin = mgd.reduce_teacher(teacher[i], d.margins()["c5"], guided, STUDENT[i], "amp")
+    expected = mgd.distillation_loss(normed, target, margin) / DEFAULT_LOSS_FACTORS[i]
+    torch.testing.assert_close(losses["c5"], expected)
+    with pytest.raises(ValueError, match="callable"):
+        mgd.MGDDistiller(STUDENT, TEACHER, norm="SyncBN")
 
 
 def test_batch_of_one():

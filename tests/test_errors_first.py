@@ -186,6 +186,8 @@ CONFIG_CASES = {
                        "MGD.UPDATE_SLOW_STEP must be increasing"),
     "update-iter": (["MGD.UPDATE_ITER", "0"], "MGD.UPDATE_ITER must be >= 1"),
     "reference-world-size": (["MGD.REFERENCE_WORLD_SIZE", "-1"], "MGD.REFERENCE_WORLD_SIZE must be >= 0"),
+    "matching-ranks": (["MGD.MATCHING_RANKS", "rank1"], "MGD.MATCHING_RANKS 'rank1': use 'all'"),
+    "amp-precision": (["SOLVER.AMP.PRECISION", "fp16"], "SOLVER.AMP.PRECISION 'fp16': use one of auto, float16, bfloat16"),
 }
 
 

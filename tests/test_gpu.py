@@ -1,6 +1,8 @@
 """MGD and the pin's ops on CUDA; every test skips with one line where no CUDA device is visible.
 
-* a few MGDTrainer iterations on CUDA, float32 and mixed precision (float16 + GradScaler);
+* a few MGDTrainer iterations on CUDA, float32 and mixed precision: the forwards autocast to
+  float16 (autocast really on, not bfloat16), the GradScaler enabled, updated at every step
+  and in the state that says so; a CUDA resume restores the scaler's state;
 * margins, matching costs, the assignment, the reduced teacher and the loss: CUDA vs CPU;
 * a one-process NCCL launch through the pin's own launcher, with MGD.SYNC_BN, stepping;
 * the CUDA NMS / ROIAlign the pin uses (torchvision's) and its own CUDA ops (rotated NMS,
@@ -45,22 +47,40 @@ def _pin_has_cuda_ops():
     return _C.get_cuda_version().startswith("CUDA")
 
 
-@pytest.mark.parametrize("amp", [False, True])
-def test_mgd_iterations_on_cuda(tmp_path_factory, amp):
+def _cuda_trainer(tmp_path_factory, name, *opts):
     import_overlay()
     from detectron2.engine.mgd_trainer import MGDTrainer
 
     register_synthetic_dataset(make_synthetic_dataset(tmp_path_factory.getbasetemp() / "mgd_synth_64"))
-    out = tmp_path_factory.mktemp("cuda_amp" if amp else "cuda_fp32")
-    cfg = load_cfg(out, "demo_mgd_R50_R18.yaml", TINY_MGD + [
-        "SOLVER.AMP.ENABLED", str(amp), "OUTPUT_DIR", str(out / "run")])
+    out = tmp_path_factory.mktemp(name)
+    cfg = load_cfg(out, "demo_mgd_R50_R18.yaml", TINY_MGD + ["OUTPUT_DIR", str(out / "run"), *opts])
     cfg.MODEL.DEVICE = "cuda"
     cfg.DATASETS.TEST = ()
-    (out / "run").mkdir()
+    (out / "run").mkdir(exist_ok=True)
     torch.manual_seed(0)
-    trainer = MGDTrainer(cfg)
+    return MGDTrainer(cfg), out
+
+
+def _record_autocast(model, seen):
+    """Forward pre-hooks: (autocast on?, autocast dtype, dtype of a convolution's output) per forward."""
+    def hook(role):
+        def record(_module, args):
+            seen[role].append((torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"), args[0].dtype))
+        return record
+    for role, net in (("student", model.s_net), ("teacher", model.t_net)):
+        net.backbone.bottom_up.res2[0].conv1.norm.register_forward_pre_hook(hook(role))  # its input: the conv output
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_mgd_iterations_on_cuda(tmp_path_factory, amp):
+    trainer, out = _cuda_trainer(tmp_path_factory, "cuda_amp" if amp else "cuda_fp32", "SOLVER.AMP.ENABLED", str(amp))
     trainer.resume_or_load(resume=False)
     assert next(trainer.model.parameters()).is_cuda
+    seen = {"student": [], "teacher": []}
+    _record_autocast(trainer.model, seen)
+    updates = []
+    update = trainer.grad_scaler.update
+    trainer.grad_scaler.update = lambda *a, **k: (updates.append(1), update(*a, **k))[1]
     before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     trainer.train()
     after = trainer.model.state_dict()
@@ -68,12 +88,51 @@ def test_mgd_iterations_on_cuda(tmp_path_factory, amp):
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("t_net."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("s_net.backbone."))
     assert all(torch.isfinite(v).all() for k, v in after.items() if v.is_floating_point())
+    # every forward (3 training steps, 2 matching passes) in float16 under AMP, float32 without
+    expected = (True, torch.float16, torch.float16) if amp else (False, None, torch.float32)
+    for role, entries in seen.items():
+        assert len(entries) >= 3, role
+        assert all(entry[0] == expected[0] and entry[2] == expected[2] for entry in entries), (role, entries)
+        if amp:
+            assert all(entry[1] == torch.float16 for entry in entries), (role, entries)
     assert trainer.grad_scaler.is_enabled() == amp  # float16 on CUDA needs loss scaling
+    if amp:
+        state = trainer.grad_scaler.state_dict()
+        assert len(updates) == 3  # update() after every step
+        # no inf: the tracker counts the 3 steps at the initial scale; else the scale was halved
+        assert (state["scale"], state["_growth_tracker"]) == (2.0 ** 16, 3) or state["scale"] < 2.0 ** 16, state
     metrics = [json.loads(x) for x in (out / "run" / "metrics.json").read_text().splitlines()]
     assert metrics[-1]["iteration"] == 2
     for key in ("loss_distill", "loss_cls", "loss_box_reg"):
         assert torch.isfinite(torch.tensor(metrics[-1][key])), key
     assert [r["iteration"] for r in trainer.matching_hook().history] == [0, 2]
+
+
+def test_cuda_resume_restores_the_loss_scaler(tmp_path_factory):
+    """float16 on CUDA: a scaler with a distinctive state (scale 1024, growing x2 at every step)
+    is saved in the checkpoint and restored by --resume, then keeps growing from there."""
+    first, out = _cuda_trainer(tmp_path_factory, "cuda_resume", "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2")
+    first.resume_or_load(resume=False)
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0, growth_interval=1)
+    first.grad_scaler = first.checkpointer.checkpointables["grad_scaler"].scaler = scaler
+    first.train()  # two finite steps: 1024 -> 4096
+    saved = torch.load(out / "run" / "model_final.pth", weights_only=False, map_location="cpu")
+    assert saved["grad_scaler"]["scale"] == 4096.0
+
+    cfg = first.cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER = 4
+    from detectron2.engine.mgd_trainer import MGDTrainer
+
+    second = MGDTrainer(cfg)
+    assert second.grad_scaler.is_enabled() and second.grad_scaler.get_scale() == 2.0 ** 16  # fresh
+    second.grad_scaler = second.checkpointer.checkpointables["grad_scaler"].scaler = torch.amp.GradScaler(
+        "cuda", init_scale=1.0, growth_interval=1)
+    second.resume_or_load(resume=True)
+    assert second.start_iter == 2
+    assert second.grad_scaler.get_scale() == 4096.0 and second.grad_scaler.state_dict()["_growth_tracker"] == 0
+    second.train()
+    assert second.grad_scaler.get_scale() == 16384.0
 
 
 def test_margins_matching_reduction_and_loss_match_cpu():
@@ -134,8 +193,9 @@ NCCL_WORKER = textwrap.dedent("""
         cfg.MODEL.DEVICE = "cuda"
         torch.manual_seed(0)
         model = build_model(cfg)
-        sync_bns = [m for m in model.s_net.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
-        assert sync_bns, "MGD.SYNC_BN built no SyncBatchNorm in the student"
+        from detectron2.modeling.backbone.mgd_norms import MGDNaiveSyncBatchNorm
+        sync_bns = [m for m in model.s_net.modules() if isinstance(m, MGDNaiveSyncBatchNorm)]
+        assert sync_bns, "MGD.SYNC_BN built no NaiveSyncBatchNorm in the student"
         model.update_margins()  # what MGDMatchingHook does before the first step
         model.eval()
         model.reset_matching()

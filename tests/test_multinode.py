@@ -28,10 +28,12 @@ pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 
 FAST_MGD = TINY_INPUT + [
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.MAX_ITER", "2",
-    "MGD.UPDATE_ITER", "2", "MGD.UPDATE_FREQ", "[100, 100]", "MGD.UPDATE_SLOW_STEP", "[100]",
+    "MGD.UPDATE_ITER", "7", "MGD.UPDATE_FREQ", "[100, 100]", "MGD.UPDATE_SLOW_STEP", "[100]",
     "MGD.IGNORE_INDS", "[3, 4, 5, 6, 7, 8]", "DATASETS.TEST", "()",
 ]
-ASSIGNMENT = re.compile(r"\(rank (\d), assignment digest (\w+)\)")
+ASSIGNMENT = re.compile(r"solved from (\d+) images from ranks 0-1 of 2 .*\(rank (\d), assignment digest (\w+)\)")
+# 2 images x MGD.REFERENCE_WORLD_SIZE 8 / 2 processes: the global process count, not the per-machine one
+DIVISOR = "IMS_PER_BATCH 2 x MGD.REFERENCE_WORLD_SIZE 8 / 2 processes = 8:"
 PARAMETERS = re.compile(r"trainable parameter digest (\w+) \(rank (\d)\) after iteration (\d+)")
 
 
@@ -84,9 +86,11 @@ def test_two_machines_on_loopback_train_in_step(tmp_path):
     logs = {0: (tmp_path / "machine0" / "log.txt").read_text(),
             1: (tmp_path / "machine1" / "log.txt.rank1").read_text()}
     assert not (tmp_path / "machine0" / "log.txt.rank1").exists()  # two machines, not one
+    assert all(DIVISOR in text for text in logs.values())
+    # (7 + 1) x 2 / 8 = 2 images per matching: one batch, one image from each machine
     assignment = {rank: ASSIGNMENT.findall(text) for rank, text in logs.items()}
-    assert assignment[0] == [("0", assignment[0][0][1])] and assignment[1] == [("1", assignment[1][0][1])]
-    assert assignment[0][0][1] == assignment[1][0][1]  # same matching on both machines
+    assert assignment[0] == [("2", "0", assignment[0][0][2])] and assignment[1] == [("2", "1", assignment[1][0][2])]
+    assert assignment[0][0][2] == assignment[1][0][2]  # same matching on both machines
     parameters = {rank: PARAMETERS.findall(text) for rank, text in logs.items()}
     assert parameters[0] == [(parameters[0][0][0], "0", "1")], parameters
     assert parameters[1] == [(parameters[1][0][0], "1", "1")], parameters

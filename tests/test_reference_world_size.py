@@ -1,9 +1,12 @@
-"""MGD.REFERENCE_WORLD_SIZE: the distillation strength does not depend on the process count.
+"""MGD.REFERENCE_WORLD_SIZE: the distillation strength does not depend on the process count,
+and SOLVER.REFERENCE_WORLD_SIZE auto-scaling (through MGDTrainer) keeps the MGD schedule's.
 
 The reference: 8 GPUs x 2 images, each GPU dividing its summed loss by the global batch 16,
-DDP averaging the gradients over the 8 GPUs. With the rule sum / (B * 8 / world_size), one
-process with B images and two processes with B / 2 images each give the same student
-gradient of the distillation loss (checked with real DDP over gloo).
+DDP averaging the gradients over the 8 GPUs. With the rule sum / (B * R / world_size)
+(R = MGD.REFERENCE_WORLD_SIZE), one process with B images and two processes with B / 2 images
+each give the same student gradient of the distillation loss (checked with real DDP over gloo).
+Each matching is solved from (UPDATE_ITER + 1) x B / R images at any process count
+(mgd.matching.plan_matching_pass; tests/test_matching_statistic.py).
 """
 import os
 
@@ -19,6 +22,7 @@ import torch.multiprocessing as mp  # noqa: E402
 from test_d2_support import TINY_INPUT, config_dir, import_overlay, load_cfg, synthetic_batch  # noqa: E402
 
 from mgd.config import distillation_divisor  # noqa: E402
+from mgd.matching import plan_matching_pass  # noqa: E402
 
 BATCH = 4
 OPTS = TINY_INPUT + ["SOLVER.IMS_PER_BATCH", str(BATCH), "MGD.IGNORE_INDS", "[2, 3, 4, 5, 6, 7, 8]"]
@@ -30,6 +34,8 @@ def test_divisor_rule():
     assert distillation_divisor(16, 8, 4) == 32
     assert distillation_divisor(2, 8, 1) == 16  # upstream's auto-scaling to 1 GPU: batch 2
     assert distillation_divisor(16, 0, 1) == distillation_divisor(16, 0, 4) == 16  # the original code
+    assert distillation_divisor(16, 4, 1) == 64  # another reference: 4 GPUs x 4 images
+    assert distillation_divisor(16, 4, 2) == 32 and distillation_divisor(16, 16, 4) == 64
     with pytest.raises(ValueError):
         distillation_divisor(16, -1, 1)
     with pytest.raises(ValueError):
@@ -64,16 +70,17 @@ def _student_grads(model) -> dict:
             if p.grad is not None and not k.startswith("t_net.")}
 
 
-def test_single_process_divides_by_eight_times_the_batch(tmp_path):
-    model = _model(tmp_path)
-    assert model.loss_divisor == 8 * BATCH
+@pytest.mark.parametrize("reference", [8, 4])
+def test_single_process_divides_by_the_reference_world_size_times_the_batch(tmp_path, reference):
+    model = _model(tmp_path, reference_world_size=reference)
+    assert model.loss_divisor == reference * BATCH
     original = _model(tmp_path, reference_world_size=0)
     assert original.loss_divisor == BATCH
     batch = synthetic_batch(BATCH, seed=11)
     new, old = _distill_loss(model, batch), _distill_loss(original, batch)
     per_position = model.distillation_losses(batch)  # each position's loss / its factor, summed over images
     assert old.item() == pytest.approx(sum(v.item() for v in per_position.values()) / BATCH, rel=1e-6)
-    assert new.item() == pytest.approx(old.item() / 8, rel=1e-6)
+    assert new.item() == pytest.approx(old.item() / reference, rel=1e-6)
 
 
 def _rank_main(rank, world_size, init_file, out_dir, tmp_root):
@@ -116,19 +123,80 @@ def test_two_processes_with_half_the_images_give_the_single_process_gradient(tmp
 def test_upstream_auto_scaling_also_scales_the_matching_schedule(tmp_path):
     """SOLVER.REFERENCE_WORLD_SIZE 8 on one process: upstream scales the batch 16 -> 2, the lr
     by 1/8 and the iterations by 8; the matching must move with them (reference: 0, 5k, 10k,
-    15k, 31k, 62k of 90k; UPDATE_ITER 1000 batches of 16 images)."""
+    15k, 31k, 62k of 90k) and keep its statistic: the reference's (1000 + 1) x 16 / 8 = 2002
+    images (MATCHING_RANKS all), or rank 0's 1001 batches of 2 (rank0)."""
     import_overlay()
     from detectron2.engine.mgd_hooks import matching_schedule
     from detectron2.engine.mgd_trainer import scale_to_world_size
 
     cfg = load_cfg(tmp_path, "mgd_retinanet_R50_R18_FPN_1x.yaml", ["SOLVER.REFERENCE_WORLD_SIZE", "8"])
+    reference = plan_matching_pass(1000, 16, 8, 8, "all")
+    assert (reference.images, reference.batches) == (2002, 126)
     one = scale_to_world_size(cfg, 1)
     assert (one.SOLVER.IMS_PER_BATCH, one.SOLVER.MAX_ITER, one.SOLVER.STEPS) == (2, 720000, (480000, 640000))
     assert one.SOLVER.BASE_LR == pytest.approx(0.01 / 8)
     assert matching_schedule(one.SOLVER.MAX_ITER, one.MGD.UPDATE_FREQ, one.MGD.UPDATE_SLOW_STEP) == [
         0, 40000, 80000, 120000, 248000, 496000]
-    assert one.MGD.UPDATE_ITER * one.SOLVER.IMS_PER_BATCH == 1000 * 16  # as many images per matching
+    assert one.MGD.UPDATE_ITER == 8007  # (8007 + 1) x 2 / 8 = 2002
+    scaled = plan_matching_pass(one.MGD.UPDATE_ITER, one.SOLVER.IMS_PER_BATCH, one.MGD.REFERENCE_WORLD_SIZE, 1)
+    assert (scaled.images, scaled.batches) == (2002, 1001)
     assert distillation_divisor(one.SOLVER.IMS_PER_BATCH, one.MGD.REFERENCE_WORLD_SIZE, 1) == 16
+    rank0 = scale_to_world_size(load_cfg(tmp_path, "mgd_retinanet_R50_R18_FPN_1x.yaml", [
+        "SOLVER.REFERENCE_WORLD_SIZE", "8", "MGD.MATCHING_RANKS", "rank0"]), 1)
+    assert rank0.MGD.UPDATE_ITER == 1000  # the per-process batch is unchanged: so is the pass
+    assert plan_matching_pass(1000, 2, 8, 1, "rank0").images == plan_matching_pass(1000, 16, 8, 8, "rank0").images == 2002
     assert scale_to_world_size(cfg, 8) is cfg  # the reference itself: unchanged
     plain = load_cfg(tmp_path, "mgd_retinanet_R50_R18_FPN_1x.yaml")  # SOLVER.REFERENCE_WORLD_SIZE 0: off
     assert scale_to_world_size(plain, 1) is plain
+
+
+class _NoDataTrainer:
+    """An MGDTrainer whose training data is never read (only its construction is tested)."""
+
+    @staticmethod
+    def make(cfg):
+        import itertools
+
+        from detectron2.engine.mgd_trainer import MGDTrainer
+
+        class Trainer(MGDTrainer):
+            @classmethod
+            def build_train_loader(cls, cfg):
+                return itertools.repeat(synthetic_batch(cfg.SOLVER.IMS_PER_BATCH))
+
+        return Trainer(cfg)
+
+
+def test_the_trainer_applies_auto_scaling_to_batch_divisor_and_matching(tmp_path):
+    """Through MGDTrainer, on one process: SOLVER.REFERENCE_WORLD_SIZE 8 and MGD.REFERENCE_WORLD_SIZE
+    4 (non-default): batch 16 -> 2, divisor 2 x 4 / 1 = 8, matchings every 8x more iterations,
+    each from (79 + 1) x 16 / 4 = 320 images as the unscaled config would."""
+    import logging
+
+    import_overlay()
+    cfg = load_cfg(tmp_path, "demo_mgd_R50_R18.yaml", OPTS + [
+        "SOLVER.IMS_PER_BATCH", "16", "SOLVER.REFERENCE_WORLD_SIZE", "8", "MGD.REFERENCE_WORLD_SIZE", "4",
+        "OUTPUT_DIR", str(tmp_path / "run"), "DATASETS.TEST", "()"])
+    (tmp_path / "run").mkdir()
+    unscaled = plan_matching_pass(cfg.MGD.UPDATE_ITER, 16, 4, 1)
+    assert (cfg.MGD.UPDATE_ITER, unscaled.images) == (79, 320)
+    lines = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("detectron2.mgd")  # Detectron2's loggers may not propagate to root
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        trainer = _NoDataTrainer.make(cfg)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    text = "\n".join(lines)
+    assert trainer.cfg.SOLVER.IMS_PER_BATCH == 2 and trainer.cfg.SOLVER.MAX_ITER == 8 * cfg.SOLVER.MAX_ITER
+    assert list(trainer.cfg.MGD.UPDATE_FREQ) == [8 * f for f in cfg.MGD.UPDATE_FREQ]
+    assert trainer.model.loss_divisor == 2 * 4 / 1
+    plan = trainer.matching_hook().plan
+    assert (plan.images, plan.batches, plan.rank_batch) == (320, 160, 2)
+    assert "IMS_PER_BATCH 2 x MGD.REFERENCE_WORLD_SIZE 4 / 1 processes = 8:" in text
+    assert "each matching draws 160 batches per process and is solved from" in text

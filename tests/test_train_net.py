@@ -116,18 +116,24 @@ def test_train_resume_split_eval_and_probe(tmp_path, synth, random_mgd_weights):
 
 @pytest.mark.slow
 def test_two_gloo_processes_end_with_identical_matchings(tmp_path, synth, random_mgd_weights):
+    """Two processes on one machine: the divisor counts both (2 x 8 / 2 = 8), and each matching
+    is solved from both ranks' images ((7 + 1) x 2 / 8 = 2: one batch, one image per rank)."""
     cfg = config_dir(tmp_path) / "demo_mgd_R50_R18.yaml"
     out = tmp_path / "ddp"
-    run_train_net(["--num-gpus", "2", "--dist-url", "auto", "--config-file", cfg, *FAST_MGD,
+    run_train_net(["--num-gpus", "2", "--dist-url", "auto", "--config-file", cfg, *FAST_MGD, "MGD.UPDATE_ITER", "7",
                    "MODEL.WEIGHTS", random_mgd_weights, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out, "DATASETS.TEST", "()"], synth)
     digests = {}
     for log in (out / "log.txt", out / "log.txt.rank1"):
-        found = re.findall(r"\(rank (\d), assignment digest (\w+)\); mean matched cost: (.*)", log.read_text())
+        text = log.read_text()
+        assert "x MGD.REFERENCE_WORLD_SIZE 8 / 2 processes = 8:" in text, log
+        assert "each matching draws 1 batches per process and is solved from" in text, log
+        found = re.findall(r"solved from (.*), 1 batches per rank \(rank (\d), assignment digest (\w+)\); "
+                           r"mean matched cost: (.*)", text)
         assert len(found) == 1, log
-        digests[found[0][0]] = found[0][1:]
+        digests[found[0][1]] = (found[0][0], *found[0][2:])
     assert set(digests) == {"0", "1"}
-    assert digests["0"][0] == digests["1"][0]  # same assignment on both ranks (rank 0's)
-    assert digests["0"][1] != digests["1"][1]  # though each rank saw its own batches
+    assert digests["0"][0].startswith("2 images from ranks 0-1 of 2")
+    assert digests["0"] == digests["1"]  # same statistic, assignment and costs on both ranks
     assert (out / "model_final.pth").exists()
 
 

@@ -19,6 +19,8 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 from detectron2.utils.mgd_compat import training_data_iter
 
+from mgd.matching import plan_matching_pass
+
 __all__ = ["check_schedule", "matching_update_due", "matching_schedule", "MGDMatchingHook", "unwrap_model", "assignment_digest"]
 
 logger = logging.getLogger("detectron2.mgd")
@@ -79,9 +81,15 @@ def _format_seconds(seconds: float) -> str:
 class MGDMatchingHook(HookBase):
     """Before the scheduled steps: margins (first step of the run) and a matching pass.
 
-    The pass draws ``MGD.UPDATE_ITER`` batches from the trainer's training data iterator (so
-    the training steps after it see the batches that follow) and runs both networks in eval
-    mode without grad. It logs progress with an ETA, puts the mean matched cost per position
+    The pass draws the batches of ``mgd.matching.plan_matching_pass`` from the trainer's
+    training data iterator, the same number on every rank (so the training steps after it see
+    the batches that follow), and runs both networks in eval mode without grad on the images
+    that enter the costs. With ``MGD.MATCHING_RANKS "all"`` (default) the assignment is solved
+    from every rank's images, ``(UPDATE_ITER + 1) x IMS_PER_BATCH / MGD.REFERENCE_WORLD_SIZE``
+    of them at any process count (COCO: 2002, the reference's, in 126 iterations); with
+    "rank0" from rank 0's ``UPDATE_ITER + 1`` batches (the original's rule). Each matching
+    logs, once, how many images from which ranks it was solved from. It logs progress with an
+    ETA, puts the mean matched cost per position
     into the event storage as ``mgd/cost_<position>`` (plus ``mgd/matching_iter`` and
     ``mgd/matching_seconds``; so they reach metrics.json and TensorBoard) and, on the main
     process, appends one JSON line per update to ``OUTPUT_DIR/mgd_matching.json``.
@@ -109,12 +117,15 @@ class MGDMatchingHook(HookBase):
         self.update_freq = list(cfg.MGD.UPDATE_FREQ)
         self.slow_steps = list(cfg.MGD.UPDATE_SLOW_STEP)
         check_schedule(self.update_freq, self.slow_steps)
-        self.update_iter = int(cfg.MGD.UPDATE_ITER)
-        if self.update_iter <= 0:
-            raise ValueError(f"MGD.UPDATE_ITER must be > 0, got {self.update_iter}")
-        self.log_every = log_every or max(1, min(100, self.update_iter // 10))
+        if cfg.MGD.UPDATE_ITER <= 0:
+            raise ValueError(f"MGD.UPDATE_ITER must be > 0, got {cfg.MGD.UPDATE_ITER}")
+        #: batches per rank and the images that enter the costs (mgd.matching.MatchingPass)
+        self.plan = plan_matching_pass(int(cfg.MGD.UPDATE_ITER), cfg.SOLVER.IMS_PER_BATCH,
+                                       cfg.MGD.REFERENCE_WORLD_SIZE, comm.get_world_size(), cfg.MGD.MATCHING_RANKS)
+        self.log_every = log_every or max(1, min(100, self.plan.batches // 10))
         self.output_dir = cfg.OUTPUT_DIR
-        #: every update done by this hook: {"iteration", "costs", "images", "seconds"}
+        #: every update done by this hook: {"iteration", "costs", "images", "images_per_rank",
+        #: "ranks", "seconds", "assignment_digest"}
         self.history = []
         #: the last matching's scalars, logged at every step (see after_step)
         self._latest_scalars = {}
@@ -140,7 +151,7 @@ class MGDMatchingHook(HookBase):
     def update_matching(self):
         trainer = self.trainer
         model = unwrap_model(trainer.model)
-        iteration, total = trainer.iter, self.update_iter
+        iteration, total, rank = trainer.iter, self.plan.batches, comm.get_rank()
         was_training = trainer.model.training
         trainer.model.eval()
         start = time.perf_counter()
@@ -148,7 +159,10 @@ class MGDMatchingHook(HookBase):
             model.reset_matching()
             data = training_data_iter(trainer)
             for done in range(1, total + 1):
-                model.accumulate_matching(next(data))
+                batch = next(data)  # every rank draws: the streams stay aligned
+                taken = self.plan.images_taken(rank, done - 1)
+                if taken:
+                    model.accumulate_matching(batch[:taken])
                 if done % self.log_every == 0 or done == total:
                     elapsed = time.perf_counter() - start
                     eta = elapsed / done * (total - done)
@@ -156,20 +170,21 @@ class MGDMatchingHook(HookBase):
                         f"MGD matching at iteration {iteration}: {done}/{total} batches, "
                         f"{_format_seconds(elapsed)} elapsed, ETA {_format_seconds(eta)}"
                     )
-            images = model.distiller.images_seen
             costs = model.finish_matching()
         finally:
             trainer.model.train(was_training)
+        statistic = model.distiller.last_statistic
         seconds = time.perf_counter() - start
         self._latest_scalars = {f"mgd/cost_{name}": cost for name, cost in costs.items()}
         self._latest_scalars.update({"mgd/matching_iter": iteration, "mgd/matching_seconds": seconds})
         digest = assignment_digest(model.distiller)
-        record = {"iteration": iteration, "costs": costs, "images": images, "seconds": round(seconds, 3),
-                  "assignment_digest": digest}
+        record = {"iteration": iteration, "costs": costs, "images": statistic.images,
+                  "images_per_rank": list(statistic.images_per_rank), "ranks": statistic.ranks,
+                  "seconds": round(seconds, 3), "assignment_digest": digest}
         self.history.append(record)
         logger.info(
-            f"MGD matching at iteration {iteration} done in {seconds:.1f}s over {images} images "
-            f"(rank {comm.get_rank()}, assignment digest {digest}); mean matched cost: "
+            f"MGD matching at iteration {iteration} done in {seconds:.1f}s: solved from {statistic.describe()}, "
+            f"{total} batches per rank (rank {rank}, assignment digest {digest}); mean matched cost: "
             + ", ".join(f"{k} {v:.4f}" for k, v in costs.items())
         )
         if comm.is_main_process() and self.output_dir:

@@ -14,16 +14,19 @@ import difflib
 import os
 from typing import List
 
+import torch
 import yaml
 
 import detectron2
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine.mgd_checkpointer import check_weights_for_config
 from detectron2.engine.mgd_hooks import check_schedule
+from detectron2.modeling.meta_arch.mgd_retinanet import AMP_PRECISIONS
 
 from mgd.checkpoint import DEPTH_LAYOUTS
 from mgd.config import add_mgd_config, is_mgd_config
 from mgd.defaults import DEFAULT_POSITION_NAMES
+from mgd.distiller import MATCHING_RANKS
 from mgd.reducers import REDUCERS
 
 __all__ = ["ConfigError", "load_config", "check_config", "check_weights", "fallback_config_dir", "NORMS"]
@@ -178,6 +181,19 @@ def _check_mgd_keys(cfg: CfgNode) -> None:
         raise ConfigError(f"MGD.UPDATE_ITER must be >= 1 (batches per matching pass), got {mgd.UPDATE_ITER}")
     if mgd.REFERENCE_WORLD_SIZE < 0:
         raise ConfigError(f"MGD.REFERENCE_WORLD_SIZE must be >= 0, got {mgd.REFERENCE_WORLD_SIZE}")
+    if mgd.MATCHING_RANKS not in MATCHING_RANKS:
+        raise ConfigError(f"MGD.MATCHING_RANKS {mgd.MATCHING_RANKS!r}: use 'all' (every process's images) "
+                          f"or 'rank0' (rank 0's alone, the original's rule)")
+
+
+def _check_precision(cfg: CfgNode) -> None:
+    precision = cfg.SOLVER.AMP.get("PRECISION", "auto")
+    if precision not in AMP_PRECISIONS:
+        raise ConfigError(f"SOLVER.AMP.PRECISION {precision!r}: use one of {', '.join(AMP_PRECISIONS)}")
+    if (cfg.SOLVER.AMP.ENABLED and precision == "bfloat16" and cfg.MODEL.DEVICE.startswith("cuda")
+            and torch.cuda.is_available() and not torch.cuda.is_bf16_supported()):
+        raise ConfigError(f"SOLVER.AMP.PRECISION bfloat16: this GPU ({torch.cuda.get_device_name()}) has no "
+                          "bfloat16 support; use float16 (or auto)")
 
 
 def _weights_hint(mgd: bool, eval_only: bool) -> str:
@@ -197,6 +213,7 @@ def check_config(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = Fal
         raise ConfigError("--eval-teacher needs --eval-only and an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
     if probe and not mgd:
         raise ConfigError("--probe-loss-factors needs an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
+    _check_precision(cfg)
     if mgd:
         _check_mgd_keys(cfg)
     else:

@@ -7,8 +7,9 @@
   ``find_unused_parameters=True``, ``broadcast_buffers=False``, no ``device_ids`` on CPU, so
   multi-process gloo runs work);
 * the MGD matching hook (``mgd_hooks.MGDMatchingHook``) when the model is MGDRetinaNet;
-* mixed precision under ``SOLVER.AMP.ENABLED`` (``run_step``: float16 autocast with a
-  ``GradScaler`` on CUDA, bfloat16 autocast on CPU; the scaler's state is checkpointed);
+* mixed precision under ``SOLVER.AMP.ENABLED`` (``run_step``: autocast to
+  ``SOLVER.AMP.PRECISION``, by default float16 with a ``GradScaler`` on CUDA and bfloat16 on
+  CPU; float16 always trains with the scaler, whose state is checkpointed);
 * upstream's ``SOLVER.REFERENCE_WORLD_SIZE`` auto-scaling applied to the MGD schedule too
   (``scale_to_world_size``), and the distillation divisor (``MGD.REFERENCE_WORLD_SIZE``)
   stated once in the log;
@@ -29,7 +30,7 @@ from detectron2.engine.defaults import DefaultTrainer
 from detectron2.engine.mgd_checkpointer import MGDCheckpointer, strip_prefix
 from detectron2.engine.mgd_hooks import MGDMatchingHook
 from detectron2.engine.mgd_sync_check import ParameterDigestHook
-from detectron2.modeling.meta_arch.mgd_retinanet import autocast
+from detectron2.modeling.meta_arch.mgd_retinanet import amp_dtype, autocast
 from detectron2.utils import comm
 from detectron2.utils.mgd_compat import (
     build_ddp,
@@ -41,7 +42,8 @@ from detectron2.utils.mgd_compat import (
     write_metrics,
 )
 
-from mgd.config import distillation_divisor, is_mgd_config
+from mgd.config import is_mgd_config
+from mgd.matching import plan_matching_pass
 
 __all__ = ["MGDTrainer", "MGDCheckpointer", "strip_prefix"]
 
@@ -57,8 +59,9 @@ class MGDTrainer(DefaultTrainer):
             super().__init__(cfg)
         self.amp_enabled = bool(cfg.SOLVER.AMP.ENABLED)
         self.device = torch.device(cfg.MODEL.DEVICE)
-        # float16 needs loss scaling; bfloat16 (CPU) has float32's range and does not
-        use_scaler = self.amp_enabled and self.device.type == "cuda"
+        # -- precision: the autocast dtype, and loss scaling for float16 (bfloat16 has float32's range)
+        self.amp_dtype = amp_dtype(cfg.SOLVER.AMP.get("PRECISION", "auto"), self.device)
+        use_scaler = self.amp_enabled and self.amp_dtype == torch.float16
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # upstream's checkpointables (whatever this Detectron2 saves: at the pin the optimizer
         # and scheduler; today the trainer, holding the iteration, optimizer and scheduler),
@@ -68,7 +71,7 @@ class MGDTrainer(DefaultTrainer):
             grad_scaler=_ScalerCheckpointable(self.grad_scaler),
             loss_normalizer=_LossNormalizerCheckpointable(self.model),
         )
-        _log_scale_rules(cfg, comm.get_world_size(), self.amp_enabled, use_scaler)
+        _log_scale_rules(cfg, self.model, comm.get_world_size(), self.amp_enabled, self.amp_dtype)
         for hook in self._hooks:  # the periodic checkpointer holds the old one
             if hasattr(hook, "checkpointer"):
                 hook.checkpointer = self.checkpointer
@@ -81,7 +84,7 @@ class MGDTrainer(DefaultTrainer):
 
     def run_step(self):
         """Upstream's step, or under ``SOLVER.AMP.ENABLED`` the same step with the forward
-        autocast (float16 + loss scaling on CUDA, bfloat16 on CPU), as Detectron2's later
+        autocast to :attr:`amp_dtype` (float16: with loss scaling), as Detectron2's later
         ``AMPTrainer``. The losses are summed in float32."""
         if not self.amp_enabled:
             return super().run_step()
@@ -89,7 +92,7 @@ class MGDTrainer(DefaultTrainer):
         start = time.perf_counter()
         data = next(training_data_iter(self))
         data_time = time.perf_counter() - start
-        with autocast(self.device, True):
+        with autocast(self.device, True, self.amp_dtype):  # precision: SOLVER.AMP.PRECISION
             loss_dict = self.model(data)
         losses = sum(loss.float() for loss in loss_dict.values())
         self.optimizer.zero_grad()
@@ -124,10 +127,19 @@ def scale_to_world_size(cfg, world_size: int):
 
     When ``SOLVER.REFERENCE_WORLD_SIZE`` (upstream's key, 0 = off) differs from
     ``world_size``, upstream scales the batch and learning rate by
-    ``world_size / REFERENCE_WORLD_SIZE`` and the iteration counts inversely. The matching
-    schedule is counted in iterations too: ``MGD.UPDATE_FREQ`` and ``MGD.UPDATE_SLOW_STEP``
-    are scaled like ``SOLVER.STEPS``, and ``MGD.UPDATE_ITER`` like the iterations, so that
-    each matching sees as many images at the same point of training as in the reference.
+    ``scale = world_size / REFERENCE_WORLD_SIZE`` and the iteration counts inversely (the
+    per-process batch stays). The matching schedule is counted in iterations too:
+    ``MGD.UPDATE_FREQ`` and ``MGD.UPDATE_SLOW_STEP`` are scaled like ``SOLVER.STEPS``, so the
+    matchings happen at the same point of training. ``MGD.UPDATE_ITER`` keeps each matching's
+    statistic the reference's (``mgd.matching.plan_matching_pass``):
+
+    * ``MGD.MATCHING_RANKS "all"`` solves from ``(UPDATE_ITER + 1) x IMS_PER_BATCH /
+      MGD.REFERENCE_WORLD_SIZE`` images: ``UPDATE_ITER + 1`` is divided by ``scale`` (the
+      batch was multiplied by it), e.g. COCO on 1 GPU with ``SOLVER.REFERENCE_WORLD_SIZE 8``:
+      batch 2, ``UPDATE_ITER`` 8007, the same 2002 images (1001 batches of 2);
+    * ``"rank0"`` solves from rank 0's ``UPDATE_ITER + 1`` batches: the per-process batch is
+      unchanged, so ``UPDATE_ITER`` is too (1001 batches of 2 = 2002 images, as the original
+      on its 8 GPUs).
     """
     scaled = DefaultTrainer.auto_scale_workers(cfg, world_size)
     if scaled is cfg or not is_mgd_config(cfg):
@@ -137,7 +149,8 @@ def scale_to_world_size(cfg, world_size: int):
     scaled.defrost()
     scaled.MGD.UPDATE_FREQ = [max(1, int(round(f / scale))) for f in cfg.MGD.UPDATE_FREQ]
     scaled.MGD.UPDATE_SLOW_STEP = [int(round(s / scale)) for s in cfg.MGD.UPDATE_SLOW_STEP]
-    scaled.MGD.UPDATE_ITER = max(1, int(round(cfg.MGD.UPDATE_ITER / scale)))
+    if cfg.MGD.MATCHING_RANKS == "all":  # keep (UPDATE_ITER + 1) x IMS_PER_BATCH
+        scaled.MGD.UPDATE_ITER = max(1, int(round((cfg.MGD.UPDATE_ITER + 1) / scale)) - 1)
     logger.info(
         f"Auto-scaling the MGD schedule to UPDATE_FREQ={list(scaled.MGD.UPDATE_FREQ)}, "
         f"UPDATE_SLOW_STEP={list(scaled.MGD.UPDATE_SLOW_STEP)}, UPDATE_ITER={scaled.MGD.UPDATE_ITER}."
@@ -147,11 +160,12 @@ def scale_to_world_size(cfg, world_size: int):
     return scaled
 
 
-def _log_scale_rules(cfg, world_size: int, amp_enabled: bool, use_scaler: bool) -> None:
-    """One line each: the distillation divisor and the precision of this run."""
+def _log_scale_rules(cfg, model, world_size: int, amp_enabled: bool, dtype: torch.dtype) -> None:
+    """One line each: the distillation divisor (the model's own), the matching pass and the
+    precision of this run."""
     if is_mgd_config(cfg):
         batch, reference = cfg.SOLVER.IMS_PER_BATCH, cfg.MGD.REFERENCE_WORLD_SIZE
-        divisor = distillation_divisor(batch, reference, world_size)
+        divisor = getattr(model, "module", model).loss_divisor
         if reference:
             rule = (f"IMS_PER_BATCH {batch} x MGD.REFERENCE_WORLD_SIZE {reference} / {world_size} processes"
                     f" = {divisor:g}: the distillation-to-detection balance of a {reference}-process run")
@@ -159,10 +173,20 @@ def _log_scale_rules(cfg, world_size: int, amp_enabled: bool, use_scaler: bool) 
             rule = (f"IMS_PER_BATCH {batch} (MGD.REFERENCE_WORLD_SIZE 0, the original code's rule: "
                     f"{8 / world_size:g}x the published 8-GPU run's strength on {world_size} processes)")
         logger.info(f"MGD: each process divides its summed distillation loss by {rule}")
+        mgd = cfg.MGD
+        plan = plan_matching_pass(mgd.UPDATE_ITER, batch, reference, world_size, mgd.MATCHING_RANKS)
+        if plan.ranks == "all":
+            rule = (f"(MGD.UPDATE_ITER {mgd.UPDATE_ITER} + 1) x IMS_PER_BATCH {batch} / reference "
+                    f"{reference or world_size} processes = {plan.images} images, summed over all "
+                    f"{world_size} processes (MGD.MATCHING_RANKS all)")
+        else:
+            rule = (f"rank 0's (MGD.UPDATE_ITER {mgd.UPDATE_ITER} + 1) x {plan.rank_batch} = {plan.images} "
+                    f"images (MGD.MATCHING_RANKS rank0, the original's rule)")
+        logger.info(f"MGD: each matching draws {plan.batches} batches per process and is solved from {rule}")
     if amp_enabled:
-        dtype = "float16 with loss scaling" if use_scaler else "bfloat16"
-        logger.info(f"Mixed precision (SOLVER.AMP.ENABLED): forwards autocast to {dtype}; "
-                    "the distillation loss, margins and matching in float32")
+        name = str(dtype).replace("torch.", "") + (" with loss scaling" if dtype == torch.float16 else "")
+        logger.info(f"Mixed precision (SOLVER.AMP.ENABLED, PRECISION {cfg.SOLVER.AMP.get('PRECISION', 'auto')}): "
+                    f"forwards autocast to {name}; the distillation loss, margins and matching in float32")
 
 
 class _LossNormalizerCheckpointable:

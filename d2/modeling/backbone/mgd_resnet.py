@@ -11,8 +11,8 @@ additions:
   (the default) the forward is upstream's, untouched. FPN only reads the ``resN`` keys, so
   the extra keys pass through it unnoticed; the MGD meta-architecture picks them up with a
   forward hook on the bottom-up module during the network's one forward.
-* **Stage-last norm.** ``MODEL.RESNETS.STAGE_LAST_NORM`` ("" = off, "GN", "SyncBN", or any
-  :func:`detectron2.layers.get_norm` name) replaces every norm layer of the last block of
+* **Stage-last norm.** ``MODEL.RESNETS.STAGE_LAST_NORM`` ("" = off, "GN", "naiveSyncBN" — the
+  original's synchronised BN, ``mgd_norms`` —, or any :func:`detectron2.layers.get_norm` name) replaces every norm layer of the last block of
   each trainable stage (stage index > ``MODEL.BACKBONE.FREEZE_AT``). The new layers keep
   the attribute names (``convK.norm``) and the affine parameter shapes, so a FrozenBN
   checkpoint's ``weight``/``bias`` still load into them (its running statistics are unused).
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.backbone.build import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.mgd_norms import STAGE_LAST_NORMS
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import (
     BasicBlock,
@@ -138,7 +139,7 @@ def apply_stage_last_norm(resnet: ResNet, norm: str, freeze_at: int) -> int:
             conv = getattr(block, conv_name, None)
             if conv is None or getattr(conv, "norm", None) is None:
                 continue
-            conv.norm = get_norm(norm, conv.out_channels)
+            conv.norm = get_norm(STAGE_LAST_NORMS.get(norm, norm), conv.out_channels)
             replaced += 1
     return replaced
 

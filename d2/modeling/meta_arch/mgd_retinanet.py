@@ -15,8 +15,9 @@ twice and the teacher's whole inference, NMS included, only to drop it):
   bottom-up ResNet by default, its FPN only when a p position is distilled, never its head.
 
 Numerics: under mixed precision (``SOLVER.AMP.ENABLED``; the trainer runs the forward under
-``torch.autocast``) both networks' forwards are autocast, while the distillation loss,
-the margins and the matching costs are computed in float32 from float32 copies of the taps.
+``torch.autocast`` to ``amp_dtype(SOLVER.AMP.PRECISION)``) both networks' forwards are
+autocast, while the distillation loss, the margins and the matching costs are computed in
+float32 from float32 copies of the taps.
 
 The matching pass (:meth:`accumulate_matching`) runs both networks the same way, in eval
 mode, without grad. The trainer hook in ``detectron2.engine.mgd_hooks`` drives the schedule.
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detectron2.modeling.backbone.mgd_norms import sync_batch_norm
 from detectron2.modeling.backbone.mgd_resnet import MGDResNet, prerelu_norm, tap_key
 from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
@@ -38,7 +40,7 @@ from detectron2.utils.events import get_event_storage
 from mgd.config import distillation_divisor, student_config, teacher_config
 from mgd.distiller import DEFAULT_POSITION_NAMES, MGDDistiller
 
-__all__ = ["MGDRetinaNet", "Position", "POSITIONS", "autocast"]
+__all__ = ["MGDRetinaNet", "Position", "POSITIONS", "autocast", "amp_dtype", "AMP_PRECISIONS"]
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,28 @@ POSITIONS: Tuple[Position, ...] = (
 assert tuple(p.name for p in POSITIONS) == tuple(DEFAULT_POSITION_NAMES)
 
 
-def autocast(device: torch.device, enabled: bool):
-    """``torch.autocast`` for mixed precision on ``device``: float16 on CUDA, bfloat16 on CPU.
+#: values of SOLVER.AMP.PRECISION
+AMP_PRECISIONS = ("auto", "float16", "bfloat16")
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of ``SOLVER.AMP.PRECISION``: "auto" is float16 on CUDA (trained with
+    a GradScaler), bfloat16 elsewhere (CPU: fast where the CPU has bfloat16 units)."""
+    if precision not in AMP_PRECISIONS:
+        raise ValueError(f"SOLVER.AMP.PRECISION must be one of {', '.join(AMP_PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return getattr(torch, precision)
+
+
+def autocast(device: torch.device, enabled: bool, dtype: Optional[torch.dtype] = None):
+    """``torch.autocast`` on ``device`` to ``dtype`` (default ``amp_dtype("auto", device)``).
 
     A no-op context when ``enabled`` is False.
     """
     if not enabled:
         return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype or amp_dtype("auto", device))
 
 
 def _float32(device: torch.device):
@@ -128,7 +143,7 @@ class MGDRetinaNet(nn.Module):
             reducer=cfg.MGD.REDUCER.lower(),
             ignore_inds=list(cfg.MGD.IGNORE_INDS),
             loss_factors=list(cfg.MGD.LOSS_FACTORS),
-            norm="SyncBN" if cfg.MGD.SYNC_BN else "GN",
+            norm=sync_batch_norm if cfg.MGD.SYNC_BN else "GN",
             position_names=[p.name for p in self.positions],
         )
         self.prerelu = bool(cfg.MGD.PRERELU)
@@ -138,6 +153,9 @@ class MGDRetinaNet(nn.Module):
         )
         #: autocast the matching pass's forwards too (the training forward is autocast by the trainer)
         self.amp_enabled = bool(cfg.SOLVER.AMP.ENABLED)
+        self.amp_dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION, torch.device(cfg.MODEL.DEVICE))
+        #: whose costs each matching is solved from under several processes (MGD.MATCHING_RANKS)
+        self.matching_ranks = cfg.MGD.MATCHING_RANKS
         self._distilled = [self.positions[i] for i in self.distiller.distilled_positions]
         self._wanted = {p.feature_key for p in self._distilled}
         # run the teacher's FPN only when one of its outputs is distilled
@@ -286,9 +304,10 @@ class MGDRetinaNet(nn.Module):
             self.distiller.accumulate_matching(self._position_list(s_taps), self._position_list(t_taps))
 
     def finish_matching(self) -> Dict[str, float]:
-        """Solve the assignments; returns {position: mean matched cost (2 - 2 cos)}."""
-        return self.distiller.finish_matching()
+        """Solve the assignments from the ranks of ``MGD.MATCHING_RANKS``; returns {position: mean
+        matched cost (2 - 2 cos)}. ``distiller.last_statistic`` says from how many images."""
+        return self.distiller.finish_matching(self.matching_ranks)
 
     def _both_taps(self, batched_inputs: List[dict]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        with autocast(self.device, self.amp_enabled):
+        with autocast(self.device, self.amp_enabled, self.amp_dtype):
             return self._backbone_taps(self.s_net, batched_inputs), self._backbone_taps(self.t_net, batched_inputs)
