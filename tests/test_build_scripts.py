@@ -1,12 +1,14 @@
 """The build helpers: cuda_build_env.py (what `make detectron2` builds for), run_detectron2_tests.py
 (`make test-detectron2`'s comparison with the expected failures), check_cuda_build.py."""
 import os
+import random
 import shlex
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 
@@ -190,6 +192,43 @@ def test_a_listed_failure_that_passes_fails_the_check(fake_checkout, tmp_path):
     assert proc.returncode == 1
     assert "listed as expected failures but passed (delete their lines): " \
            "tests/sub/test_nested.py::TestNested::test_fine" in proc.stderr
+
+
+SEEDED_TESTS = {
+    "tests/test_draws.py": """
+        import random
+        import unittest
+
+        import numpy
+        import torch
+
+        def _draws():
+            return (random.random(), float(numpy.random.rand()), float(torch.rand(1)))
+
+        def test_first_draw():
+            assert _draws() == (REFERENCE)
+
+        class TestLater(unittest.TestCase):
+            def test_draws_again_from_the_same_state(self):
+                assert _draws() == (REFERENCE)
+    """,
+}
+
+
+def test_every_test_starts_from_the_same_random_state(tmp_path):
+    """Upstream tests that draw unseeded boxes give the same outcome on every run."""
+    random.seed(0)
+    numpy.random.seed(0)
+    torch.manual_seed(0)
+    reference = f"{random.random()!r}, {float(numpy.random.rand())!r}, {float(torch.rand(1))!r}"
+    root = tmp_path / "checkout"
+    for rel, text in {"tests/__init__.py": "", **SEEDED_TESTS}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(textwrap.dedent(text).replace("REFERENCE", reference))
+    (root / "setup.cfg").write_text("[metadata]\nname = fake\n")
+    proc = _run("run_detectron2_tests.py", root, _expect(tmp_path))
+    assert proc.returncode == 0, proc.stderr + (root / "tests.log").read_text()
+    assert proc.stdout.startswith("detectron2's own tests: 2 passed, 0 skipped, 0 failed")
 
 
 def test_a_line_without_reason_is_refused(fake_checkout, tmp_path):
