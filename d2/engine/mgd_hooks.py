@@ -15,6 +15,7 @@ import os
 import time
 from typing import List, Sequence
 
+from detectron2.engine.mgd_progress import PROGRESS
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 from detectron2.utils.mgd_compat import training_data_iter
@@ -81,8 +82,9 @@ class MGDMatchingHook(HookBase):
 
     The pass draws ``MGD.UPDATE_ITER`` batches from the trainer's training data iterator (so
     the training steps after it see the batches that follow) and runs both networks in eval
-    mode without grad. It logs progress with an ETA, puts the mean matched cost per position
-    into the event storage as ``mgd/cost_<position>`` (plus ``mgd/matching_iter`` and
+    mode without grad. It logs progress with an ETA whenever the log has been silent for
+    ~30 s (``mgd_progress.PROGRESS``), and one line at its end; it puts the mean matched cost
+    per position into the event storage as ``mgd/cost_<position>`` (plus ``mgd/matching_iter`` and
     ``mgd/matching_seconds``; so they reach metrics.json and TensorBoard) and, on the main
     process, appends one JSON line per update to ``OUTPUT_DIR/mgd_matching.json``.
 
@@ -105,14 +107,13 @@ class MGDMatchingHook(HookBase):
       pass's duration.
     """
 
-    def __init__(self, cfg, log_every: int = 0):
+    def __init__(self, cfg):
         self.update_freq = list(cfg.MGD.UPDATE_FREQ)
         self.slow_steps = list(cfg.MGD.UPDATE_SLOW_STEP)
         check_schedule(self.update_freq, self.slow_steps)
         self.update_iter = int(cfg.MGD.UPDATE_ITER)
         if self.update_iter <= 0:
             raise ValueError(f"MGD.UPDATE_ITER must be > 0, got {self.update_iter}")
-        self.log_every = log_every or max(1, min(100, self.update_iter // 10))
         self.output_dir = cfg.OUTPUT_DIR
         #: every update done by this hook: {"iteration", "costs", "images", "seconds"}
         self.history = []
@@ -149,13 +150,14 @@ class MGDMatchingHook(HookBase):
             data = training_data_iter(trainer)
             for done in range(1, total + 1):
                 model.accumulate_matching(next(data))
-                if done % self.log_every == 0 or done == total:
+                if done < total and PROGRESS.due():  # the end has its own line below
                     elapsed = time.perf_counter() - start
                     eta = elapsed / done * (total - done)
                     logger.info(
                         f"MGD matching at iteration {iteration}: {done}/{total} batches, "
                         f"{_format_seconds(elapsed)} elapsed, ETA {_format_seconds(eta)}"
                     )
+                    PROGRESS.mark()
             images = model.distiller.images_seen
             costs = model.finish_matching()
         finally:
