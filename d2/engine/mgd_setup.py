@@ -245,15 +245,16 @@ RANDOM_INIT_CONFIGS = {
 
 
 def _starts_untrained(state: dict, prefix: str) -> bool:
-    """Whether the ResNet under ``prefix`` holds the norms of a fresh initialisation (every
-    running mean 0 and variance 1, as torchvision's init; pretrained nets never do). A
-    merged teacher/student checkpoint is marked random-init when either net is: this tells
-    whether the student is. A net without running statistics counts as untrained."""
+    """Whether the ResNet under ``prefix`` holds the norm statistics of a fresh initialisation
+    (every running mean 0, every running variance 1: torchvision's init, or 1 - 1e-5 for
+    Detectron2's FrozenBN; pretrained nets never do). A merged teacher/student checkpoint is
+    marked random-init when either net is: this tells whether the student is. A net without
+    running statistics counts as untrained."""
     stats = [(k, v) for k, v in state.items() if k.startswith(prefix) and k.endswith(("running_mean", "running_var"))]
     for key, value in stats:
         target = 0.0 if key.endswith("running_mean") else 1.0
         try:
-            if float(abs(value - target).max()) != 0.0:
+            if float(abs(value - target).max()) > 1e-4:
                 return False
         except (TypeError, ValueError):
             return False
@@ -287,13 +288,13 @@ def check_random_init_recipe(cfg: CfgNode) -> None:
         problems.append("no gradient clipping (the COCO recipe diverges to NaN from random init)")
     if not problems:
         return
-    what = "student of " if mgd else ""
+    net = "the student's " if mgd else ""
     config = RANDOM_INIT_CONFIGS["mgd" if mgd else "base"].format(depth=cfg.MODEL.RESNETS.DEPTH)
     raise ConfigError(
-        f"MODEL.WEIGHTS {weights} holds random-init weights (make weights RANDOM_INIT=1) for the {what}this run, "
-        f"but the config trains them with {' and '.join(problems)}; train from random init with the demo's "
-        f"recipe: make ... RANDOM_INIT=1, i.e. --config-file {config} (FREEZE_AT 0, GroupNorm in the last "
-        "block of each stage, gradient clipping), or use ImageNet weights (make weights)")
+        f"MODEL.WEIGHTS {weights} holds {net}random-init weights (make weights RANDOM_INIT=1), which this config "
+        f"would train with {' and '.join(problems)}; from random init use the demo's recipe: make ... RANDOM_INIT=1 "
+        f"(--config-file {config}: FREEZE_AT 0, GroupNorm in the last block of each stage, gradient clipping), "
+        "or ImageNet weights (make weights)")
 
 
 #: what a training run writes into OUTPUT_DIR that a second run would continue or mix with
