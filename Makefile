@@ -142,9 +142,8 @@ base distill: export MGD_RESUME_COMMAND ?= make $@ $(strip $(given_variables)) R
 
 .PHONY: install
 install: ## install the pinned Python requirements (reuses what is already installed)
-	@if $(PYTHON) -m pip install --dry-run -r requirements.txt 2>/dev/null | grep -q '^Would install'; then \
-	    echo "+ $(PYTHON) -m pip install -r requirements.txt"; $(PYTHON) -m pip install -q -r requirements.txt; \
-	else echo "requirements: all installed"; fi
+	@if $(PYTHON) scripts/check_requirements.py requirements.txt; then echo "requirements: all installed"; \
+	else echo "+ $(PYTHON) -m pip install -r requirements.txt"; $(PYTHON) -m pip install -q -r requirements.txt; fi
 
 .PHONY: detectron2
 detectron2: install ## clone Detectron2 at DETECTRON2's commit (pin: PR #1820; latest: today's main) into DETECTRON2_DIR, apply compat edits, build its C++ ops
@@ -291,7 +290,8 @@ eval: check-eval overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG int
 # ---------------------------------------------------------------- demo, plots, benchmarks
 
 .PHONY: demo
-demo: detectron2 overlay ## the whole chain on CPU on a synthetic COCO set, no download (SEEDS=n: n student seeds); AP and matched-cost tables, plots
+# (the pin is cloned and built first when it is not built yet; `make detectron2` re-checks a built one)
+demo: install $(if $(D2_BUILT),,detectron2) overlay ## the whole chain on CPU on a synthetic COCO set, no download (SEEDS=n: n student seeds); AP and matched-cost tables, plots
 	DEMO_DIR=$(DEMO_DIR) SEEDS=$(SEEDS) PYTHON=$(PYTHON) MAKE=$(MAKE) D2_CONFIGS=$(D2_CONFIGS) bash scripts/run_demo.sh
 
 .PHONY: demo-clean

@@ -186,6 +186,8 @@ def test_long_messages_and_setup_listings_are_summarised_ours_and_short_ones_kep
     long_message = "Model:\n" + "\n".join(f"  layer {i}" for i in range(30))
     handler.handle(_record("detectron2.engine.defaults", long_message))
     handler.handle(_record("detectron2", "Running with full config:\nA: 1\nB: 2"))
+    per_class = "Per-category bbox AP:\n" + "\n".join(f"| class{i} | 1.0 |" for i in range(12))
+    handler.handle(_record("detectron2.evaluation.coco_evaluation", per_class))
     table = "Distribution of instances:\n| a | b |\n| 1 | 2 |"
     handler.handle(_record("detectron2.data.build", table))
     ours = "MGD loss-factor probe:\n" + "\n".join(f"c{i} 1.0" for i in range(12))
@@ -193,6 +195,7 @@ def test_long_messages_and_setup_listings_are_summarised_ours_and_short_ones_kep
     assert stream.getvalue().splitlines() == [
         "detectron2.engine.defaults: Model [30 more lines in out/log.txt]",
         "detectron2: Running with full config [2 more lines in out/log.txt]",
+        "detectron2.evaluation.coco_evaluation: Per-category bbox AP [12 more lines in out/log.txt]",
         *f"detectron2.data.build: {table}".splitlines(),
         *f"detectron2.mgd: {ours}".splitlines()]
 
