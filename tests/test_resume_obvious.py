@@ -22,6 +22,7 @@ from test_d2_support import (  # noqa: E402
     CHECKOUT,
     REPO,
     TINY_INPUT,
+    detectron2_env,
     make_synthetic_dataset,
     run_train_net,
     synthetic_dataset_args,
@@ -162,8 +163,7 @@ def test_make_base_refuses_a_restart_names_resume_1_and_resumes(tmp_path, synth,
 def _interrupt(cmd, after_iterations=2, cwd=REPO):
     """Run ``cmd`` in its own process group, Ctrl-C it (SIGINT to the group, as a terminal does)
     once ``after_iterations`` iterations have finished; returns (exit code, output)."""
-    env = dict(os.environ, MGD_PROGRESS_SECONDS="0.2", OMP_NUM_THREADS="2",
-               PYTHONPATH=os.pathsep.join([str(CHECKOUT), str(REPO)]))
+    env = dict(detectron2_env(), MGD_PROGRESS_SECONDS="0.2", OMP_NUM_THREADS="2")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines = []
@@ -206,7 +206,7 @@ def test_ctrl_c_saves_the_last_iteration_and_the_printed_command_resumes(tmp_pat
     words = shlex.split(command)
     assert words[:3] == ["python", str(REPO / "train_net.py"), "--resume"]
     resumed = subprocess.run([sys.executable, *words[1:], "SOLVER.MAX_ITER", str(int(done) + 1)], cwd=REPO,
-                             env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(CHECKOUT), str(REPO)])),
+                             env=detectron2_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert f"Starting training from iteration {done}" in resumed.stdout
