@@ -88,6 +88,10 @@ export MGD_USER_PYTHONPATH ?= $(PYTHONPATH)
 export MGD_DETECTRON2_DIR := $(abspath $(DETECTRON2_DIR))
 export PYTHONPATH := $(MGD_DETECTRON2_DIR):$(MGD_DETECTRON2_DIR)/mgd-python-deps:$(CURDIR)$(if $(MGD_USER_PYTHONPATH),:$(MGD_USER_PYTHONPATH))
 
+# OpenMP threads sleep rather than spin while they wait (train_net.py sets the same): on a CPU
+# shared with other jobs, spinning made the demo's steps 3-4x slower (README, the demo's *Time*).
+export OMP_WAIT_POLICY ?= PASSIVE
+
 D2_CONFIGS := $(DETECTRON2_DIR)/configs/COCO-Detection
 D2_PACKAGE := $(DETECTRON2_DIR)/detectron2
 D2_BUILT    = $(wildcard $(D2_PACKAGE)/_C*.so)
