@@ -61,13 +61,26 @@ RUNS              ?= $(RUN)
 PLOTS_DIR         ?= $(if $(strip $(RUNS)),$(OUTPUT_DIR)/plots,$(DEMO_DIR)/plots)
 # The demo trains its two students with seeds 1..SEEDS (the teacher once) and reports mean and spread.
 SEEDS             ?= 1
-# Your own COCO-format sets: NAME JSON IMAGE_ROOT triples, registered for base/distill/eval
+# Your own COCO-format sets: NAME JSON IMAGE_ROOT triples, registered for base/distill/probe/eval
 # (train_net.py --dataset); name them in DATASETS.TRAIN / DATASETS.TEST through OPTS.
 DATASETS          ?=
+# Input sizes, the same for base, distill, probe and eval (train_net.py --scale): coco (the
+# configs': 640-800 px), data (the training images' own size, from DATASETS' JSON) or a shorter side in px.
+SCALE             ?= coco
+# base/distill: RESUME=1 continues the run in its output folder; FRESH=1 starts it over (the
+# earlier run's files move to <folder>-replaced-<date>/). A folder with a run needs one of them.
+RESUME            ?=
+FRESH             ?=
+# The loss-factor probe (make probe): its output folder, the file of its suggested
+# MGD.LOSS_FACTORS override, and more train_net.py --probe-* flags.
+PROBE_OUTPUT      ?= $(OUTPUT_DIR)/probe
+PROBE_FACTORS     ?= $(PROBE_OUTPUT)/loss_factors.txt
+PROBE_ARGS        ?=
 USER_VARIABLES := PYTHON DETECTRON2 DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS LAUNCH_ARGS OUTPUT_DIR \
                   WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
                   EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT EVAL_REPLACE BASE_CONFIG MGD_CONFIG \
-                  ALLOW_ANY_TEACHER DEMO_DIR SEEDS DATASETS RUNS PLOTS_DIR PYTEST_ARGS
+                  ALLOW_ANY_TEACHER DEMO_DIR SEEDS DATASETS SCALE RESUME FRESH PROBE_OUTPUT PROBE_FACTORS \
+                  PROBE_ARGS RUNS PLOTS_DIR PYTEST_ARGS
 
 # Make the in-place Detectron2 build and this repository importable for every command below
 # (mgd/bootstrap.py does the same for a command run by hand: it reads MGD_DETECTRON2_DIR).
@@ -77,13 +90,20 @@ export MGD_USER_PYTHONPATH ?= $(PYTHONPATH)
 export MGD_DETECTRON2_DIR := $(abspath $(DETECTRON2_DIR))
 export PYTHONPATH := $(MGD_DETECTRON2_DIR):$(MGD_DETECTRON2_DIR)/mgd-python-deps:$(CURDIR)$(if $(MGD_USER_PYTHONPATH),:$(MGD_USER_PYTHONPATH))
 
+# OpenMP threads sleep rather than spin while they wait (train_net.py sets the same): on a CPU
+# shared with other jobs, spinning made the demo's steps 3-4x slower (README, the demo's *Time*).
+export OMP_WAIT_POLICY ?= PASSIVE
+
 D2_CONFIGS := $(DETECTRON2_DIR)/configs/COCO-Detection
 D2_PACKAGE := $(DETECTRON2_DIR)/detectron2
 D2_BUILT    = $(wildcard $(D2_PACKAGE)/_C*.so)
 # Configs are used where they are; their _BASE_ (../Base-RetinaNet.yaml) resolves against the
 # checkout's configs/COCO-Detection/ (train_net.py). Their copies made by `make overlay` work too.
-BASE_CONFIG       ?= configs/retinanet_torchvision_R_$(DEPTH)_FPN_1x.yaml
-MGD_CONFIG        ?= configs/mgd_retinanet_R50_R18_FPN_1x.yaml
+# RANDOM_INIT=1 (weights made by `make weights RANDOM_INIT=1`): the configs that train from
+# random init (the demo's recipe: FREEZE_AT 0, GroupNorm in each stage's last block, gradient clipping).
+RECIPE             = $(if $(RANDOM_INIT),_random_init)
+BASE_CONFIG       ?= configs/retinanet_torchvision_R_$(DEPTH)_FPN_1x$(RECIPE).yaml
+MGD_CONFIG        ?= configs/mgd_retinanet_R50_R18_FPN_1x$(RECIPE).yaml
 EVAL_CONFIG       ?= $(MGD_CONFIG)
 
 .PHONY: help
@@ -102,12 +122,34 @@ DATASET_ARGS = $(if $(strip $(DATASETS)),$(shell printf -- '--dataset %s %s %s '
 require = test -e "$(1)" || { echo "error: $(2) $(1) not found; $(3)" >&2; exit 2; }
 check_datasets = n=$(words $(DATASETS)); [ $$((n % 3)) -eq 0 ] || { \
     echo "error: DATASETS takes NAME JSON IMAGE_ROOT triples, got $$n words: $(DATASETS)" >&2; exit 2; }
+# OPTS is for KEY VALUE config overrides; a train_net.py flag there is pointed to its variable.
+comma := ,
+check_opts = $(if $(filter --resume,$(OPTS)),$(opts_resume_error),$(if $(filter --%,$(OPTS)),$(opts_flag_error),true))
+opts_resume_error = echo "error: OPTS=--resume is not read (OPTS takes KEY VALUE config overrides): resume with \
+    RESUME=1$(comma) e.g. make $(1) RESUME=1" >&2; exit 2
+opts_flag_error = echo "error: OPTS takes KEY VALUE config overrides$(comma) not the flag(s) $(filter --%,$(OPTS)): \
+    RESUME=1 for --resume$(comma) FRESH=1 for --fresh$(comma) SCALE= for --scale$(comma) other train_net.py flags \
+    in LAUNCH_ARGS" >&2; exit 2
+# train_net.py flags of the training targets
+RUN_FLAGS = --scale $(SCALE)$(if $(RESUME), --resume)$(if $(FRESH), --fresh)
+
+# The variables given on make's command line, as shell words: the command that resumes a
+# training target (RESUME=1), which train_net.py prints after Ctrl-C or when it refuses to
+# restart over a run (MGD_RESUME_COMMAND; `make demo` sets its own).
+open_paren := (
+close_paren := )
+needs_quotes = $(or $(if $(1),,empty),$(word 2,$(1)),$(findstring ',$(1)),$(findstring ",$(1)),$(findstring \
+    $(open_paren),$(1)),$(findstring $(close_paren),$(1)),$(findstring $$,$(1)),$(findstring *,$(1)),$(findstring \
+    ;,$(1)),$(findstring &,$(1)),$(findstring |,$(1)),$(findstring <,$(1)),$(findstring >,$(1)),$(findstring \\,$(1)))
+shell_word = $(if $(call needs_quotes,$(1)),'$(subst ','\'',$(1))',$(1))
+given_variables = $(foreach v,$(filter-out RESUME FRESH,$(USER_VARIABLES)),$(if $(filter command line,$(origin \
+    $(v))),$(v)=$(call shell_word,$($(v)))))
+base distill: export MGD_RESUME_COMMAND ?= make $@ $(strip $(given_variables)) RESUME=1
 
 .PHONY: install
 install: ## install the pinned Python requirements (reuses what is already installed)
-	@if $(PYTHON) -m pip install --dry-run -r requirements.txt 2>/dev/null | grep -q '^Would install'; then \
-	    echo "+ $(PYTHON) -m pip install -r requirements.txt"; $(PYTHON) -m pip install -q -r requirements.txt; \
-	else echo "requirements: all installed"; fi
+	@if $(PYTHON) scripts/check_requirements.py requirements.txt; then echo "requirements: all installed"; \
+	else echo "+ $(PYTHON) -m pip install -r requirements.txt"; $(PYTHON) -m pip install -q -r requirements.txt; fi
 
 .PHONY: detectron2
 detectron2: install ## clone Detectron2 at DETECTRON2's commit (pin: PR #1820; latest: today's main) into DETECTRON2_DIR, apply compat edits, build its C++ ops
@@ -199,21 +241,27 @@ weights: ## get torchvision R18/R50 (download; RANDOM_INIT=1 for random init) an
 	done
 
 .PHONY: base
-base: check-base overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18)
-	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) --config-file $(BASE_CONFIG) \
+base: check-base overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18; RESUME=1 continues)
+	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) $(RUN_FLAGS) --config-file $(BASE_CONFIG) \
 	    MODEL.WEIGHTS $(WEIGHTS_DIR)/r-$(DEPTH).pkl OUTPUT_DIR $(OUTPUT_DIR)/base-R$(DEPTH) $(OPTS)
 
 .PHONY: merge
 merge: check-merge ## merge TEACHER (R50 base checkpoint) and STUDENT (r-18.pkl) into MERGED (the teacher must be deeper: ALLOW_ANY_TEACHER=1 to override)
 	$(PYTHON) scripts/merge-models-into-one.py $(TEACHER) $(STUDENT) $(MERGED)$(if $(ALLOW_ANY_TEACHER), --allow-shallow-teacher)
 
+.PHONY: probe
+probe: check-probe overlay ## the loss-factor probe on MERGED: each position's loss as training sees it, factors for ~0.02 into PROBE_FACTORS
+	$(PYTHON) train_net.py --probe-loss-factors $(DATASET_ARGS) --scale $(SCALE) --probe-output $(PROBE_FACTORS) \
+	    $(PROBE_ARGS) --config-file $(MGD_CONFIG) MODEL.WEIGHTS $(MERGED) OUTPUT_DIR $(PROBE_OUTPUT) $(OPTS)
+
 .PHONY: distill
-distill: check-distill overlay ## distil the student from the teacher with MGD, starting from MERGED
-	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) --config-file $(MGD_CONFIG) \
+distill: check-distill overlay ## distil the student from the teacher with MGD, starting from MERGED (RESUME=1 continues)
+	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) $(RUN_FLAGS) --config-file $(MGD_CONFIG) \
 	    MODEL.WEIGHTS $(MERGED) OUTPUT_DIR $(MGD_OUTPUT) $(OPTS)
 
-.PHONY: check-base check-merge check-distill
+.PHONY: check-base check-merge check-distill check-probe check-eval
 check-base:
+	@$(call check_opts,base DEPTH=$(DEPTH))
 	@case "$(DEPTH)" in 18|50) ;; *) \
 	    echo "error: DEPTH must be 18 or 50 (MGD's R50 teacher, R18 student), got '$(DEPTH)'" >&2; exit 2;; esac
 	@$(call require,$(BASE_CONFIG),BASE_CONFIG,pass BASE_CONFIG=a config file (e.g. configs/...))
@@ -223,8 +271,17 @@ check-merge:
 	@$(call require,$(TEACHER),the teacher checkpoint TEACHER,run \`make base DEPTH=50\` or pass TEACHER=...)
 	@$(call require,$(STUDENT),the student weights STUDENT,run \`make weights\` or pass STUDENT=...)
 check-distill:
+	@$(call check_opts,distill)
 	@$(call require,$(MGD_CONFIG),MGD_CONFIG,pass MGD_CONFIG=a config file (e.g. configs/...))
 	@$(call require,$(MERGED),the merged teacher/student checkpoint MERGED,run \`make merge\` or pass MERGED=...)
+	@$(check_datasets)
+check-probe:
+	@$(call check_opts,probe)
+	@$(call require,$(MGD_CONFIG),MGD_CONFIG,pass MGD_CONFIG=a config file (e.g. configs/...))
+	@$(call require,$(MERGED),the merged teacher/student checkpoint MERGED,run \`make merge\` or pass MERGED=...)
+	@$(check_datasets)
+check-eval:
+	@$(call check_opts,eval)
 	@$(check_datasets)
 
 .PHONY: convert-all
@@ -232,15 +289,16 @@ convert-all: ## split the student out of every MGD_OUTPUT/X.pth into X.pkl (EVAL
 	PYTHON=$(PYTHON) bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
 
 .PHONY: eval
-eval: overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG into EVAL_OUTPUT (the student; EVAL_TEACHER=1 the teacher); an earlier one there is kept in previous-N
-	@$(check_datasets)
-	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) --config-file $(EVAL_CONFIG) \
-	    $(if $(EVAL_TEACHER),--eval-teacher) $(if $(EVAL_REPLACE),--replace-eval) MODEL.WEIGHTS $(EVAL_WEIGHTS) OUTPUT_DIR $(EVAL_OUTPUT) $(OPTS)
+eval: check-eval overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG into EVAL_OUTPUT (the student; EVAL_TEACHER=1 the teacher); an earlier one there is kept in previous-N
+	$(PYTHON) train_net.py --eval-only --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) --scale $(SCALE) \
+	    --config-file $(EVAL_CONFIG) $(if $(EVAL_TEACHER),--eval-teacher) $(if $(EVAL_REPLACE),--replace-eval) \
+	    MODEL.WEIGHTS $(EVAL_WEIGHTS) OUTPUT_DIR $(EVAL_OUTPUT) $(OPTS)
 
 # ---------------------------------------------------------------- demo, plots, benchmarks
 
 .PHONY: demo
-demo: detectron2 overlay ## the whole chain on CPU on a synthetic COCO set, no download (SEEDS=n: n student seeds); AP and matched-cost tables, plots
+# (the pin is cloned and built first when it is not built yet; `make detectron2` re-checks a built one)
+demo: install $(if $(D2_BUILT),,detectron2) overlay ## the whole chain on CPU on a synthetic COCO set, no download (SEEDS=n: n student seeds); AP and matched-cost tables, plots
 	DEMO_DIR=$(DEMO_DIR) SEEDS=$(SEEDS) PYTHON=$(PYTHON) MAKE=$(MAKE) D2_CONFIGS=$(D2_CONFIGS) bash scripts/run_demo.sh
 
 .PHONY: demo-clean

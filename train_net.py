@@ -14,17 +14,28 @@ Examples:
         MODEL.WEIGHTS output/mgd/model_final.pkl
     # the loss-factor probe: each position's loss after its factor and the distillation divisor
     python train_net.py --probe-loss-factors --config-file ... MODEL.WEIGHTS weights/T50-S18.pkl
-    # your own COCO-format sets, named in DATASETS.TRAIN / DATASETS.TEST
+    # your own COCO-format sets, named in DATASETS.TRAIN / DATASETS.TEST, at their own image size
     python train_net.py --dataset mine_train train.json images/ --dataset mine_val val.json images/ \
-        --config-file ... DATASETS.TRAIN '("mine_train",)' DATASETS.TEST '("mine_val",)'
+        --scale data --config-file ... DATASETS.TRAIN '("mine_train",)' DATASETS.TEST '("mine_val",)'
+    # continue an interrupted run (or --fresh: start over, moving the old run's files aside)
+    python train_net.py --resume --config-file ... OUTPUT_DIR output/mgd
 
 The config, the datasets and MODEL.WEIGHTS are checked before anything is logged or written:
-a problem is one line `error: ...` and exit code 2.
+a problem is one line `error: ...` and exit code 2. A training into an OUTPUT_DIR that holds
+an earlier run needs --resume or --fresh. Ctrl-C saves the last finished iteration and ends
+with one line naming the file and the command that resumes.
 """
 import logging
 import os
+import shlex
 import sys
 import warnings
+
+# OpenMP threads that wait for work sleep instead of spinning: on a CPU shared with other jobs,
+# spinning threads starve the one they wait for (measured on 2 cores at load 4-5: the demo's R50
+# step 10.6-14.1 s with the default policy, 2.7-3.6 s with PASSIVE; quiet: 1.10 vs 1.12 s).
+# Read when torch starts its thread pool, so before torch is imported; a value you set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mgd.bootstrap import describe_detectron2, use_detectron2
 
@@ -32,6 +43,9 @@ REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 use_detectron2(REPO_ROOT)
 # the pin's torch.jit.script uses warn on today's torch at every import: noise before any error
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+# the pin's harmless warnings on today's torch/numpy, printed by every data-loading process
+warnings.filterwarnings("ignore", message=r"Creating a tensor from a list of numpy.ndarrays", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"torch.meshgrid: in an upcoming release", category=UserWarning)
 
 try:
     import detectron2
@@ -45,8 +59,11 @@ try:  # the overlay modules register the MGD backbone, meta-architecture and tra
     from detectron2.engine.mgd_launch import launch
     from detectron2.engine.mgd_probe import probe_loss_factors
     from detectron2.engine.mgd_results import keep_earlier_evaluation, provenance, report_empty, save_results
-    from detectron2.engine.mgd_setup import ConfigError, check_config, check_weights, load_config
+    from detectron2.engine.mgd_scale import ScaleError, apply_scale, parse_scale
+    from detectron2.engine.mgd_setup import (ConfigError, check_config, check_output_dir, check_weights,
+                                             clamp_workers, load_config, move_previous_run)
     from detectron2.engine.mgd_checkpointer import MGDCheckpointer
+    from detectron2.engine.mgd_console import quiet_console
     from detectron2.engine.mgd_trainer import MGDTrainer
 except ImportError as error:
     sys.exit(f"error: the MGD overlay is missing from detectron2/ ({error}); run `make overlay`")
@@ -60,30 +77,64 @@ from mgd.checkpoint import CheckpointError  # noqa: E402
 from mgd.config import derive_net_config, is_mgd_config  # noqa: E402
 
 #: the errors that end a run with one line (anything else is a bug: a traceback)
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ScaleError)
+#: set by the make targets: the command that resumes this run (make ... RESUME=1)
+RESUME_COMMAND_VARIABLE = "MGD_RESUME_COMMAND"
+
+
+def is_training(args) -> bool:
+    return not (args.eval_only or args.probe_loss_factors)
+
+
+def check_overrides(opts):
+    """Flags among the KEY VALUE overrides (argparse puts everything after the first override
+    there) are a mistake to name, not an odd number of words."""
+    flags = [word for word in opts if str(word).startswith("--")]
+    if not flags:
+        return
+    if "--resume" in flags:
+        raise ConfigError("--resume is among the KEY VALUE config overrides, where it is not read: put it before "
+                          "them (train_net.py --resume --config-file ...); with make: RESUME=1, not OPTS=--resume")
+    raise ConfigError(f"{flags[0]} is among the KEY VALUE config overrides, where it is not read: flags go before "
+                      "them (train_net.py FLAGS --config-file FILE KEY VALUE ...); with make: LAUNCH_ARGS=...")
 
 
 def setup_config(args, parsed=None):
-    """The frozen config of this run, with the --dataset sets registered in this process
-    (``parsed``: a dict to leave their parsed JSON in, for ``check_datasets``)."""
+    """The frozen config of this run (the file, the overrides, ``--scale``'s sizes, workers
+    clamped to the cores), with the --dataset sets registered in this process (``parsed``: a
+    dict to leave their parsed JSON in, for ``check_datasets``), and the lines that say what
+    was adjusted (logged once the log is set up)."""
+    check_overrides(args.opts)
+    args.scale = parse_scale(args.scale)
     progress = (lambda line: print(line, flush=True)) if parsed is not None else None
     for name, json_file, image_root in args.dataset or ():
         register_coco_dataset(name, json_file, image_root, parsed=parsed, progress=progress)
     cfg = load_config(args.config_file, args.opts)
+    notes = [apply_scale(cfg, args.scale, explicit=[str(k) for k in args.opts[0::2]]),
+             clamp_workers(cfg, args.num_gpus)]
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on CPU (multi-process runs use gloo)
     if args.probe_loss_factors and "OUTPUT_DIR" not in args.opts[::2]:
         cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "probe")  # its config.yaml and log.txt
     cfg.freeze()
-    return cfg
+    return cfg, [note for note in notes if note]
+
+
+def resume_command(args) -> str:
+    """The command that continues this run: the make target's (RESUME=1), else this one with --resume."""
+    made = os.environ.get(RESUME_COMMAND_VARIABLE)
+    if made:
+        return made
+    argv = [word for word in sys.argv[1:] if word not in ("--resume", "--fresh")]
+    return shlex.join(["python", sys.argv[0], "--resume", *argv])
 
 
 def check_run(args):
     """Every check that can be made before the run starts (raises one of USER_ERRORS); then
     one line per dataset checked, and one warning line per dataset with something Detectron2
-    drops or clips."""
+    drops or clips. Returns the config."""
     parsed = {}
-    cfg = setup_config(args, parsed)
+    cfg, _ = setup_config(args, parsed)
     mode = dict(eval_only=args.eval_only, eval_teacher=args.eval_teacher, probe=args.probe_loss_factors)
     check_config(cfg, **mode)
     # training also evaluates on DATASETS.TEST at its end; the probe reads DATASETS.TRAIN only
@@ -92,10 +143,13 @@ def check_run(args):
                             progress=lambda line: print(line, flush=True))
     del parsed
     check_weights(cfg, **mode, resume=args.resume)
+    if is_training(args):
+        check_output_dir(cfg, args.resume, args.fresh, via_make=bool(os.environ.get(RESUME_COMMAND_VARIABLE)))
     for check in checks:
         print(check.summary(), flush=True)
         if check.warnings:
             print(f"warning: dataset {check.name!r}: {'; '.join(check.warnings)}", file=sys.stderr, flush=True)
+    return cfg
 
 
 def build_eval_model(cfg, eval_teacher=False):
@@ -113,7 +167,31 @@ def build_eval_model(cfg, eval_teacher=False):
     return MGDTrainer.build_model(cfg), prefix
 
 
+def training_sizes_differ(cfg):
+    """One line when MODEL.WEIGHTS sits next to its training run's config.yaml and that run
+    used other test sizes than this evaluation (e.g. trained with SCALE=data, evaluated
+    without); None otherwise."""
+    import yaml
+
+    path = os.path.join(os.path.dirname(os.path.abspath(cfg.MODEL.WEIGHTS)), "config.yaml")
+    try:
+        with open(path) as f:
+            trained = yaml.safe_load(f)["INPUT"]
+        then = (int(trained["MIN_SIZE_TEST"]), int(trained["MAX_SIZE_TEST"]))
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+    now = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    if then == now:
+        return None
+    return (f"the training run of {cfg.MODEL.WEIGHTS} evaluated at INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST {then[0]}/{then[1]} "
+            f"({path}), this evaluation at {now[0]}/{now[1]}: pass the training's SCALE (train_net.py --scale) "
+            "to compare like with like")
+
+
 def evaluate(cfg, args):
+    differ = training_sizes_differ(cfg)
+    if differ:
+        logging.getLogger("detectron2").warning(differ)
     model, prefix = build_eval_model(cfg, args.eval_teacher)
     role = "eval-teacher" if args.eval_teacher else "eval-student"  # strict: no re-init at eval
     checkpointer = MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=prefix, role=role)
@@ -131,14 +209,33 @@ def evaluate(cfg, args):
     return results
 
 
+def record_scale(cfg, args):
+    """State the --scale in the first line of OUTPUT_DIR/config.yaml (its sizes are in it)."""
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if not (comm.is_main_process() and os.path.isfile(path)):
+        return
+    with open(path) as f:
+        text = f.read()
+    with open(path + ".part", "w") as f:
+        f.write(f"# train_net.py --scale {args.scale} (make SCALE={args.scale}): INPUT sizes below\n" + text)
+    os.replace(path + ".part", path)
+
+
 def main(args):
-    cfg = setup_config(args)
+    cfg, notes = setup_config(args)
     if args.eval_only and comm.is_main_process():  # nothing of an earlier evaluation is overwritten
         kept = keep_earlier_evaluation(cfg.OUTPUT_DIR, replace=args.replace_eval)
         if kept:
             print(kept, flush=True)
+    quiet_console(cfg.OUTPUT_DIR, comm.get_rank())  # long listings to log.txt only
     default_setup(cfg, args)  # logs, and saves the final config to OUTPUT_DIR/config.yaml
-    logging.getLogger("detectron2").info(describe_detectron2(REPO_ROOT, os.path.dirname(detectron2.__file__)))
+    record_scale(cfg, args)
+    logger = logging.getLogger("detectron2")
+    logger.info(describe_detectron2(REPO_ROOT, os.path.dirname(detectron2.__file__)))
+    for note in notes:
+        logger.info(note)
+    if is_training(args) and args.resume and not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        logger.info(f"--resume: no checkpoint in {cfg.OUTPUT_DIR} yet; starting from MODEL.WEIGHTS at iteration 0")
     if args.probe_loss_factors:
         return probe_loss_factors(cfg, target=args.probe_target, iters=args.probe_iters,
                                   matching_batches=args.probe_matching_batches, output=args.probe_output)
@@ -171,15 +268,75 @@ def build_parser():
     parser.add_argument("--check-all-images", action="store_true",
                         help="read every image's size before the run (default: all of a set up to "
                              "5000 images, else 5000 spread over it); file existence is always checked for all")
+    parser.add_argument("--scale", default="coco",
+                        help="input sizes: coco (the config's, default), data (the training images' own "
+                             "size) or a shorter side in pixels; the same for training, probe and evaluation")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train into an OUTPUT_DIR that holds an earlier run: move its files aside to "
+                             "OUTPUT_DIR-replaced-<date>/ and start at iteration 0 (else: --resume)")
     return parser
+
+
+def _checkpoint_state(output_dir):
+    """(name in last_checkpoint, its modification time), to tell a checkpoint saved by this run."""
+    try:
+        with open(os.path.join(output_dir, "last_checkpoint")) as f:
+            name = f.read().strip()
+        return name, os.path.getmtime(os.path.join(output_dir, name))
+    except OSError:
+        return None, None
+
+
+def _wait_for_processes(seconds=60.0):
+    """After Ctrl-C in a multi-process run: let the processes save and exit, then stop them."""
+    import multiprocessing
+    import time
+
+    deadline = time.monotonic() + seconds
+    for child in multiprocessing.active_children():
+        child.join(max(0.0, deadline - time.monotonic()))
+    for child in multiprocessing.active_children():
+        child.terminate()
+
+
+def interrupted_line(cfg, args, before) -> str:
+    """The one line that ends a Ctrl-C: what was saved and how to go on."""
+    if not is_training(args):
+        return "interrupted: nothing was written"
+    name, mtime = _checkpoint_state(cfg.OUTPUT_DIR)
+    saved = name is not None and (name, mtime) != before
+    path = os.path.join(cfg.OUTPUT_DIR, name) if name else None
+    if saved and name == "model_final.pth":
+        return (f"interrupted after training ended: {path} is saved; its evaluation did not finish "
+                "(run it with --eval-only, make eval)")
+    if saved:
+        step = name[len("model_"):-len(".pth")]
+        done = f"after iteration {int(step) + 1}" if step.isdigit() else ""
+        return f"interrupted: saved {path} {done}; resume with: {resume_command(args)}"
+    if name:
+        return f"interrupted before an iteration finished: nothing new saved ({path} is the last); " \
+               f"resume with: {resume_command(args)}"
+    return "interrupted before the first iteration finished: nothing saved; run the same command to start again"
 
 
 if __name__ == "__main__":
     args = build_parser().parse_args()
+    cfg = None
     try:
-        check_run(args)  # errors first: before any log line, output folder or process
+        cfg = check_run(args)  # errors first: before any log line, output folder or process
+        if is_training(args) and args.fresh and args.machine_rank == 0:
+            moved = move_previous_run(cfg.OUTPUT_DIR)
+            if moved:
+                print(f"--fresh: the earlier run's files in {cfg.OUTPUT_DIR} moved to {moved}/")
+        before = _checkpoint_state(cfg.OUTPUT_DIR)
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if args.num_gpus * args.num_machines > 1:
+            _wait_for_processes()
+        sys.stdout.flush()
+        print(interrupted_line(cfg, args, before) if cfg is not None else "interrupted", file=sys.stderr)
+        sys.exit(130)

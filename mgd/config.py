@@ -2,7 +2,7 @@
 
 This is Detectron2 glue: it imports detectron2, and ``import mgd`` does not import it.
 
-Keys added (defaults = the original's COCO 1x setting, DESIGN.md):
+Keys added (defaults = the original's COCO 1x setting; docs/mgd.md):
 
 * ``MGD.REDUCER`` "amp" | "rd" | "sp" | "sm"
 * ``MGD.IGNORE_INDS`` positions not distilled, over ``[c2, c3, c4, c5, p3, p4, p5, p6, p7]``

@@ -1,4 +1,4 @@
-"""The original's settings (COCO 1x, DESIGN.md), defined once for the core and the config.
+"""The original's settings (COCO 1x; docs/mgd.md), defined once for the core and the config.
 
 ``mgd.config.add_mgd_config`` writes these into ``cfg.MGD``; ``MGDDistiller`` takes them as
 its argument defaults.

@@ -24,6 +24,12 @@ DATA=$DEMO_DIR/data
 DATASETS="mgd_synth_train $DATA/annotations/instances_train.json $DATA/train"
 DATASETS+=" mgd_synth_val $DATA/annotations/instances_val.json $DATA/val"
 make_step() { "$MAKE_CMD" --no-print-directory "$@" PYTHON="$PYTHON" WEIGHTS_DIR="$DEMO_DIR/weights" DATASETS="$DATASETS"; }
+# The training steps skip Detectron2's evaluation at their end: the eval steps below evaluate
+# the same weights on the same split (and write the tables' eval_results.json).
+NO_FINAL_EVAL="DATASETS.TEST '()'"
+# A training step stopped by Ctrl-C saved its last iteration: `make demo` again resumes it (the
+# training steps run with RESUME=1), and that is the command train_net.py names.
+export MGD_RESUME_COMMAND="$MAKE_CMD demo${DEMO_DIR:+ DEMO_DIR=$DEMO_DIR} SEEDS=$SEEDS"
 
 timings=()
 demo_start=$(date +%s)
@@ -46,19 +52,16 @@ step "synthetic data" "$DEMO_DIR/data/synthetic.json" \
     "$PYTHON" scripts/make_synthetic_coco.py --out "$DEMO_DIR/data" --seed 0 --size 96 \
     --min-object 8 --max-object 42 $DEMO_DATA_ARGS
 step "weights (random init)" "$DEMO_DIR/weights/r-50.pkl" make_step weights RANDOM_INIT=1
-step "teacher R50" "$DEMO_DIR/base-R50/model_final.pth" make_step base DEPTH=50 \
-    BASE_CONFIG="$CONFIGS/demo_retinanet_R_50.yaml" OUTPUT_DIR="$DEMO_DIR" OPTS="$DEMO_OPTS"
+step "teacher R50" "$DEMO_DIR/base-R50/model_final.pth" make_step base DEPTH=50 RESUME=1 \
+    BASE_CONFIG="$CONFIGS/demo_retinanet_R_50.yaml" OUTPUT_DIR="$DEMO_DIR" OPTS="$NO_FINAL_EVAL $DEMO_OPTS"
 step "merge" "" make_step merge TEACHER="$DEMO_DIR/base-R50/model_final.pth" \
     STUDENT="$DEMO_DIR/weights/r-18.pkl" MERGED="$DEMO_DIR/weights/T50-S18.pkl"
 # From random init the original's loss factors put the positions' losses orders of magnitude
 # apart; the probe rescales each to ~0.02 after its factor and the distillation divisor (the
 # original's rule).
-# shellcheck disable=SC2046  # word splitting intended: --dataset NAME JSON IMAGE_ROOT triples
-step "loss-factor probe" "$DEMO_DIR/loss_factors.txt" "$PYTHON" train_net.py --probe-loss-factors \
-    $(printf -- '--dataset %s %s %s ' $DATASETS) \
-    --probe-matching-batches 10 --probe-output "$DEMO_DIR/loss_factors.txt" \
-    --config-file "$CONFIGS/demo_mgd_R50_R18.yaml" MODEL.WEIGHTS "$DEMO_DIR/weights/T50-S18.pkl" \
-    OUTPUT_DIR "$DEMO_DIR/probe" $DEMO_OPTS
+step "loss-factor probe" "$DEMO_DIR/loss_factors.txt" make_step probe PROBE_ARGS="--probe-matching-batches 10" \
+    PROBE_FACTORS="$DEMO_DIR/loss_factors.txt" PROBE_OUTPUT="$DEMO_DIR/probe" \
+    MGD_CONFIG="$CONFIGS/demo_mgd_R50_R18.yaml" MERGED="$DEMO_DIR/weights/T50-S18.pkl" OPTS="$DEMO_OPTS"
 
 eval_step() {  # eval_step NAME CONFIG WEIGHTS OUTPUT [EVAL_TEACHER]
     step "$1" "$4/eval_results.json" make_step eval EVAL_CONFIG="$2" EVAL_WEIGHTS="$3" \
@@ -74,11 +77,11 @@ cost_step() {  # cost_step NAME STUDENT_WEIGHTS OUTPUT: matched cost of a studen
 # weights) but the distillation.
 for seed in $(seq 1 "$SEEDS"); do
     run=$DEMO_DIR/seed$seed
-    step "student R18, seed $seed" "$run/base-R18/model_final.pth" make_step base DEPTH=18 \
-        BASE_CONFIG="$CONFIGS/demo_retinanet_R_18.yaml" OUTPUT_DIR="$run" OPTS="SEED $seed $DEMO_OPTS"
-    step "MGD, seed $seed" "$run/mgd/model_final.pth" make_step distill \
+    step "student R18, seed $seed" "$run/base-R18/model_final.pth" make_step base DEPTH=18 RESUME=1 \
+        BASE_CONFIG="$CONFIGS/demo_retinanet_R_18.yaml" OUTPUT_DIR="$run" OPTS="SEED $seed $NO_FINAL_EVAL $DEMO_OPTS"
+    step "MGD, seed $seed" "$run/mgd/model_final.pth" make_step distill RESUME=1 \
         MGD_CONFIG="$CONFIGS/demo_mgd_R50_R18.yaml" MERGED="$DEMO_DIR/weights/T50-S18.pkl" \
-        MGD_OUTPUT="$run/mgd" OPTS="$(cat "$DEMO_DIR/loss_factors.txt") SEED $seed $DEMO_OPTS"
+        MGD_OUTPUT="$run/mgd" OPTS="$(cat "$DEMO_DIR/loss_factors.txt") SEED $seed $NO_FINAL_EVAL $DEMO_OPTS"
     step "convert-all, seed $seed" "$run/mgd/model_final.pkl" make_step convert-all MGD_OUTPUT="$run/mgd"
     eval_step "eval student, seed $seed" "$CONFIGS/demo_retinanet_R_18.yaml" \
         "$run/base-R18/model_final.pth" "$run/eval/student"

@@ -5,7 +5,7 @@ upstream's ResNet blocks, positions are a table written here, margins come from 
 truncated normal, and the reducers and the loss are explicit loops over channels and
 copies. Tests compare the model's one-pass step with it.
 
-Formulas (DESIGN.md, MGD Sec. 3):
+Formulas (MGD paper, Sec. 3; docs/mgd.md):
     tap cK    = conv path of stage resK's last block + its shortcut (before the final ReLU);
                 with PRERELU False, relu of it.  pK = FPN output pK.
     margin    = E[x | x < 0] for x ~ N(beta, gamma^2) of the teacher norm feeding that ReLU

@@ -2,7 +2,7 @@
 
 The checkpoints are built here from the key names of Detectron2's ResNet/RetinaNet (the
 builders of test_scripts_support, checked there against torchvision and the converter);
-the expected verdicts are the rules of issue 9, item 1, written out case by case.
+the expected verdicts are the rules of docs/checkpoints.md, written out case by case.
 Framework-free: no Detectron2, no torch.
 """
 

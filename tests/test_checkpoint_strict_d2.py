@@ -1,7 +1,7 @@
 """Strict checkpoint loading on real Detectron2 models and through train_net.py and make.
 
 Weights are the state dicts of the demo configs' own RetinaNets (random init), so every
-shape is the real one. Issue 9, items 1-3: a wrong checkpoint ends in one ``error:`` line
+shape is the real one. A wrong checkpoint ends in one ``error:`` line
 that names the file and the network, exit code 2, nothing written; a training on another
 label set re-initialises the classifier with one line; random-init weights say so.
 """

@@ -1,4 +1,4 @@
-"""add_mgd_config only adds keys; the YAMLs carry their own INPUT.FORMAT and SOLVER.NESTEROV."""
+"""add_mgd_config only adds keys; the YAMLs (or their bases in configs/) carry INPUT.FORMAT and SOLVER.NESTEROV."""
 from pathlib import Path
 
 import pytest
@@ -58,9 +58,28 @@ def test_mgd_defaults_are_the_originals():
     assert (cfg.MODEL.RESNETS.STAGE_LAST_NORM, cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.PRECISION) == ("", False, "auto")
 
 
+def _own_keys(path: Path) -> dict:
+    """A config's keys and those of its _BASE_ chain inside configs/ (not Detectron2's files)."""
+    raw = yaml.load(path.read_text(), Loader=_Loader)
+    base = (path.parent / raw.pop("_BASE_", "")).resolve()
+    if base.parent != CONFIGS or not base.is_file():
+        return raw
+    merged = _own_keys(base)
+
+    def merge(into: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(merged, raw)
+    return merged
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_yaml_carries_its_own_input_format_and_nesterov(tmp_path, name):
-    raw = yaml.load((CONFIGS / name).read_text(), Loader=_Loader)  # the file alone, no _BASE_
+    raw = _own_keys(CONFIGS / name)  # without Detectron2's Base-RetinaNet.yaml
     mgd = raw.get("MODEL", {}).get("META_ARCHITECTURE") == "MGDRetinaNet"
     assert raw["INPUT"]["FORMAT"] == "RGB"  # torchvision weights take RGB
     assert isinstance(raw["SOLVER"]["NESTEROV"], bool)

@@ -1,4 +1,4 @@
-"""Configs from configs/ work as given (issue 9, item 5): their ``_BASE_: "../Base-RetinaNet.yaml"``
+"""Configs from configs/ work as given: their ``_BASE_: "../Base-RetinaNet.yaml"``
 resolves against the checkout's configs/COCO-Detection/ without copying them there, to the
 same config as Detectron2 loads from a copy laid out as in the checkout."""
 import subprocess

@@ -1,4 +1,4 @@
-"""`import mgd` needs only torch and scipy, and exposes the public interface of DESIGN.md."""
+"""`import mgd` needs only torch and scipy, and exposes the public interface of docs/mgd.md."""
 import inspect
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""The dataset checks (issue 15, item 3): the usual COCO-format faults end a run with one
+"""The dataset checks: the usual COCO-format faults end a run with one
 ``error:`` line before anything is written, or one warning line where the pinned Detectron2
 drops or clips the annotation anyway; what that Detectron2 does is tested here too.
 

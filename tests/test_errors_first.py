@@ -1,4 +1,4 @@
-"""Errors first (issue 9, item 4): a bad input to train_net.py or a make target ends in one
+"""Errors first: a bad input to train_net.py or a make target ends in one
 ``error:`` line near the top of the output, a non-zero exit code, no traceback, and nothing
 written (no OUTPUT_DIR). Validation returns before any model is built, so these are fast."""
 import os

@@ -1,4 +1,4 @@
-"""Results that say what they are (issue 15, item 5): eval_results.json names the weights (path,
+"""Results that say what they are: eval_results.json names the weights (path,
 size, short SHA-256), the datasets with their sizes, the config and the commits; an evaluation
 into a folder that holds one keeps the earlier one in previous-N (EVAL_REPLACE=1 /
 --replace-eval replaces it)."""

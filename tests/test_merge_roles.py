@@ -1,4 +1,4 @@
-"""`make merge` checks the roles (issue 15, item 6): a teacher that is not deeper than the
+"""`make merge` checks the roles: a teacher that is not deeper than the
 student, or the same file twice, is one ``error:`` line and nothing written; ALLOW_ANY_TEACHER=1
 (--allow-shallow-teacher) merges such a teacher for experiments."""
 import subprocess

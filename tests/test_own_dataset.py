@@ -1,4 +1,4 @@
-"""Your own COCO-format data (issue 9, item 6): ``train_net.py --dataset NAME JSON IMAGE_ROOT``
+"""Your own COCO-format data: ``train_net.py --dataset NAME JSON IMAGE_ROOT``
 and ``make ... DATASETS="NAME JSON IMAGE_ROOT ..."`` register a set under NAME (the demo's
 synthetic set goes through the same code), and its class count is checked against the config."""
 import json

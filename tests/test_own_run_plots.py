@@ -1,4 +1,4 @@
-"""A results table and plots for any run folders (issue 15, item 5): `make plots RUNS=...` and
+"""A results table and plots for any run folders: `make plots RUNS=...` and
 `summarize_results.py --runs` find each run's evaluations (eval_results.json in it or a
 subfolder, else its metrics.json's last bbox/AP); short runs' curves have markers."""
 import json

@@ -1,6 +1,5 @@
-"""The loss-factor probe writes its config.yaml and log.txt into its own folder (issue 15,
-item 6): OUTPUT_DIR/probe when OUTPUT_DIR is not given (./output/probe by default), never
-./output itself; an OUTPUT_DIR given on the command line is used as it is."""
+"""The loss-factor probe writes its config.yaml and log.txt into its own folder:
+OUTPUT_DIR/probe when OUTPUT_DIR is not given (./output/probe by default), never ./output itself; an OUTPUT_DIR given on the command line is used as it is."""
 import pytest
 
 from test_d2_support import TINY_INPUT, config_dir, import_overlay, load_cfg, make_synthetic_dataset, run_train_net

@@ -1,4 +1,4 @@
-"""Results files are strict JSON and a run with no predictions says so (issue 9, item 7).
+"""Results files are strict JSON and a run with no predictions says so.
 train_net.py end to end: tests/test_train_net.py (an evaluation that predicts nothing)."""
 import json
 import math

@@ -13,7 +13,9 @@
   (``head.cls_score``) with one log line;
 * weights made from random initialisation (``__random_init__`` in the file, written by
   ``make weights RANDOM_INIT=1``) announced in one log line, and the mark carried into the
-  checkpoints this run saves.
+  checkpoints this run saves;
+* checkpoints saved atomically (a temporary file in the folder, renamed into place; the same
+  for ``last_checkpoint``): a run stopped while saving leaves the previous files intact.
 
 :func:`check_weights_for_config` makes the same kind/depth/class checks from the config
 alone, before any model is built or anything is logged.
@@ -21,12 +23,15 @@ alone, before any model is built or anything is logged.
 import logging
 import os
 
+import torch
+
 from detectron2.checkpoint import DetectionCheckpointer
 
 from mgd.checkpoint import (
     RANDOM_INIT_KEY,
     ROLES,
     CheckpointError,
+    atomic_write,
     check_checkpoint_role,
     extract_state_dict,
     is_random_init,
@@ -83,9 +88,25 @@ class MGDCheckpointer(DetectionCheckpointer):
         return super().load(path, checkpointables)
 
     def save(self, name, **kwargs):
+        """fvcore's ``save`` (model, checkpointables, extra data into ``save_dir/name.pth``,
+        then ``last_checkpoint`` names it), each file written atomically."""
+        if not self.save_dir or not self.save_to_disk:
+            return
         if self.random_init:  # the runs downstream of random weights stay labelled
             kwargs.setdefault(RANDOM_INIT_KEY, True)
-        return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f), what="checkpoint")
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda f: f.write(last_filename_basename.encode()), what="last_checkpoint")
 
     def _load_file(self, filename):
         data = load_checkpoint_object(filename, "MODEL.WEIGHTS" if filename.endswith(".pkl") else "checkpoint")

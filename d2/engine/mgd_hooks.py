@@ -15,6 +15,7 @@ import os
 import time
 from typing import List, Sequence
 
+from detectron2.engine.mgd_progress import PROGRESS
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 from detectron2.utils.mgd_compat import training_data_iter
@@ -89,8 +90,9 @@ class MGDMatchingHook(HookBase):
     of them at any process count (COCO: 2002, the reference's, in 126 iterations); with
     "rank0" from rank 0's ``UPDATE_ITER + 1`` batches (the original's rule). Each matching
     logs, once, how many images from which ranks it was solved from. It logs progress with an
-    ETA, puts the mean matched cost per position
-    into the event storage as ``mgd/cost_<position>`` (plus ``mgd/matching_iter`` and
+    ETA whenever the log has been silent for ~30 s (``mgd_progress.PROGRESS``), and one line
+    at its end; it puts the mean matched cost per position into the event storage as
+    ``mgd/cost_<position>`` (plus ``mgd/matching_iter`` and
     ``mgd/matching_seconds``; so they reach metrics.json and TensorBoard) and, on the main
     process, appends one JSON line per update to ``OUTPUT_DIR/mgd_matching.json``.
 
@@ -113,7 +115,7 @@ class MGDMatchingHook(HookBase):
       pass's duration.
     """
 
-    def __init__(self, cfg, log_every: int = 0):
+    def __init__(self, cfg):
         self.update_freq = list(cfg.MGD.UPDATE_FREQ)
         self.slow_steps = list(cfg.MGD.UPDATE_SLOW_STEP)
         check_schedule(self.update_freq, self.slow_steps)
@@ -122,7 +124,6 @@ class MGDMatchingHook(HookBase):
         #: batches per rank and the images that enter the costs (mgd.matching.MatchingPass)
         self.plan = plan_matching_pass(int(cfg.MGD.UPDATE_ITER), cfg.SOLVER.IMS_PER_BATCH,
                                        cfg.MGD.REFERENCE_WORLD_SIZE, comm.get_world_size(), cfg.MGD.MATCHING_RANKS)
-        self.log_every = log_every or max(1, min(100, self.plan.batches // 10))
         self.output_dir = cfg.OUTPUT_DIR
         #: every update done by this hook: {"iteration", "costs", "images", "images_per_rank",
         #: "ranks", "seconds", "assignment_digest"}
@@ -163,13 +164,14 @@ class MGDMatchingHook(HookBase):
                 taken = self.plan.images_taken(rank, done - 1)
                 if taken:
                     model.accumulate_matching(batch[:taken])
-                if done % self.log_every == 0 or done == total:
+                if done < total and PROGRESS.due():  # the end has its own line below
                     elapsed = time.perf_counter() - start
                     eta = elapsed / done * (total - done)
                     logger.info(
                         f"MGD matching at iteration {iteration}: {done}/{total} batches, "
                         f"{_format_seconds(elapsed)} elapsed, ETA {_format_seconds(eta)}"
                     )
+                    PROGRESS.mark()
             costs = model.finish_matching()
         finally:
             trainer.model.train(was_training)

@@ -5,14 +5,20 @@
   checkout's ``configs/COCO-Detection/`` (this repository's ``configs/*.yaml`` name
   ``../Base-RetinaNet.yaml``, as if they sat there), so they work where they are.
 * :func:`check_config`: the MGD keys, the model's depths and norms, the matching schedule;
-* :func:`check_weights`: ``MODEL.WEIGHTS`` is given where the run needs it and exists.
+* :func:`check_weights`: ``MODEL.WEIGHTS`` is given where the run needs it and exists; weights
+  made from random initialisation are trained only with a recipe that is stable from them;
+* :func:`check_output_dir`: a training never restarts silently over a previous run's
+  checkpoints (``--resume`` continues it, ``--fresh`` moves it aside: :func:`move_previous_run`);
+* :func:`clamp_workers`: ``DATALOADER.NUM_WORKERS`` at most the cores per process.
 
 Every problem raises :class:`ConfigError` with a one-line message (what is wrong, what to
 do next); ``train_net.py`` prints it as ``error: ...``.
 """
 import difflib
+import glob
 import os
-from typing import List
+import time
+from typing import List, Optional
 
 import torch
 import yaml
@@ -23,13 +29,15 @@ from detectron2.engine.mgd_checkpointer import check_weights_for_config
 from detectron2.engine.mgd_hooks import check_schedule
 from detectron2.modeling.meta_arch.mgd_retinanet import AMP_PRECISIONS
 
-from mgd.checkpoint import DEPTH_LAYOUTS
+from mgd.checkpoint import DEPTH_LAYOUTS, extract_state_dict, is_random_init, load_checkpoint_object
 from mgd.config import add_mgd_config, is_mgd_config
 from mgd.defaults import DEFAULT_POSITION_NAMES
 from mgd.distiller import MATCHING_RANKS
 from mgd.reducers import REDUCERS
 
-__all__ = ["ConfigError", "load_config", "check_config", "check_weights", "fallback_config_dir", "NORMS"]
+__all__ = ["ConfigError", "load_config", "check_config", "check_weights", "check_random_init_recipe",
+           "check_output_dir", "move_previous_run", "previous_run_files", "clamp_workers",
+           "fallback_config_dir", "NORMS", "RANDOM_INIT_CONFIGS"]
 
 #: the names detectron2.layers.get_norm accepts at the pin
 NORMS = ("BN", "SyncBN", "FrozenBN", "GN", "nnSyncBN", "naiveSyncBN")
@@ -242,4 +250,149 @@ def check_weights(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = Fa
         raise ConfigError(f"MODEL.WEIGHTS {weights} not found; {_weights_hint(mgd and not eval_only, eval_only)}")
     role = "eval-teacher" if eval_teacher else "eval-student" if eval_only else "train"
     check_weights_for_config(cfg, role)
+    if role == "train" and not probe:
+        check_random_init_recipe(cfg)
+
+
+#: the configs that train from random-init weights (make ... RANDOM_INIT=1 picks them)
+RANDOM_INIT_CONFIGS = {
+    "base": "configs/retinanet_torchvision_R_{depth}_FPN_1x_random_init.yaml",
+    "mgd": "configs/mgd_retinanet_R50_R18_FPN_1x_random_init.yaml",
+}
+
+
+def _starts_untrained(state: dict, prefix: str) -> bool:
+    """Whether the ResNet under ``prefix`` holds the norm statistics of a fresh initialisation
+    (every running mean 0, every running variance 1: torchvision's init, or 1 - 1e-5 for
+    Detectron2's FrozenBN; pretrained nets never do). A merged teacher/student checkpoint is
+    marked random-init when either net is: this tells whether the student is. A net without
+    running statistics counts as untrained."""
+    stats = [(k, v) for k, v in state.items() if k.startswith(prefix) and k.endswith(("running_mean", "running_var"))]
+    for key, value in stats:
+        target = 0.0 if key.endswith("running_mean") else 1.0
+        try:
+            if float(abs(value - target).max()) > 1e-4:
+                return False
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+def check_random_init_recipe(cfg: CfgNode) -> None:
+    """Refuse to train random-init weights (``make weights RANDOM_INIT=1``) with a recipe that
+    is not meant for them: a frozen stem (``FREEZE_AT`` > 0: random filters that never learn)
+    or no gradient clipping (the COCO configs from random init diverge to NaN within ~20
+    iterations; every stable random-init run measured here clipped). Reads the mark (and, for
+    a merged checkpoint, the student's norms) before anything runs."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or not os.path.isfile(weights):
+        return
+    obj = load_checkpoint_object(weights, "MODEL.WEIGHTS")
+    if not is_random_init(obj):
+        return
+    mgd = is_mgd_config(cfg)
+    if mgd:
+        state = extract_state_dict(obj, weights, "MODEL.WEIGHTS")
+        if not _starts_untrained(state, "s_net.backbone.bottom_up."):
+            return  # the mark comes from the teacher; the student starts from trained weights
+        freeze_key, freeze_at = "MGD.STUDENT.FREEZE_AT", cfg.MGD.STUDENT.FREEZE_AT
+    else:
+        freeze_key, freeze_at = "MODEL.BACKBONE.FREEZE_AT", cfg.MODEL.BACKBONE.FREEZE_AT
+    problems = []
+    if freeze_at > 0:
+        problems.append(f"{freeze_key} {freeze_at} (random layers that never train)")
+    if not cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+        problems.append("no gradient clipping (the COCO recipe diverges to NaN from random init)")
+    if not problems:
+        return
+    net = "the student's " if mgd else ""
+    config = RANDOM_INIT_CONFIGS["mgd" if mgd else "base"].format(depth=cfg.MODEL.RESNETS.DEPTH)
+    raise ConfigError(
+        f"MODEL.WEIGHTS {weights} holds {net}random-init weights (make weights RANDOM_INIT=1), which this config "
+        f"would train with {' and '.join(problems)}; from random init use the demo's recipe: make ... RANDOM_INIT=1 "
+        f"(--config-file {config}: FREEZE_AT 0, GroupNorm in the last block of each stage, gradient clipping), "
+        "or ImageNet weights (make weights)")
+
+
+#: what a training run writes into OUTPUT_DIR that a second run would continue or mix with
+_RUN_FILES = ("last_checkpoint", "model_*.pth", "metrics.json")
+
+
+def previous_run_files(output_dir: str) -> List[str]:
+    """The files of an earlier training run in ``output_dir`` (checkpoints, metrics)."""
+    found = []
+    for pattern in _RUN_FILES:
+        found += sorted(glob.glob(os.path.join(glob.escape(output_dir), pattern)))
+    return found
+
+
+def _last_checkpoint(output_dir: str) -> Optional[str]:
+    try:
+        with open(os.path.join(output_dir, "last_checkpoint")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def check_output_dir(cfg: CfgNode, resume: bool, fresh: bool, via_make: bool = False) -> None:
+    """A training into an ``OUTPUT_DIR`` that holds an earlier run's checkpoints or metrics
+    needs ``--resume`` (continue it) or ``--fresh`` (start over; the old files are moved aside),
+    never a silent restart from iteration 0. ``via_make``: name RESUME=1 / FRESH=1."""
+    if resume and fresh:
+        raise ConfigError("--resume and --fresh (make: RESUME=1, FRESH=1) exclude each other: "
+                          "continue the run in OUTPUT_DIR, or start it over, not both")
+    output_dir = cfg.OUTPUT_DIR
+    if resume or fresh or not os.path.isdir(output_dir):
+        return
+    found = previous_run_files(output_dir)
+    if not found:
+        return
+    again, resume_it, fresh_it = (("the same make command with ", "RESUME=1", "FRESH=1") if via_make
+                                  else ("train_net.py ", "--resume", "--fresh"))
+    moved = f"its files move to {os.path.normpath(output_dir)}-replaced-<date>/"
+    checkpoints = [os.path.basename(f) for f in found if os.path.basename(f).startswith("model_")]
+    last = _last_checkpoint(output_dir) or (checkpoints[-1] if checkpoints else None)
+    if last:
+        raise ConfigError(f"OUTPUT_DIR {output_dir} already holds a run (last checkpoint {last}); run {again}"
+                          f"{resume_it} to continue it, or {fresh_it} to start over ({moved})")
+    raise ConfigError(f"OUTPUT_DIR {output_dir} already holds a run (metrics.json, no checkpoint); run {again}"
+                      f"{fresh_it} to start over ({moved}), or choose another OUTPUT_DIR")
+
+
+def move_previous_run(output_dir: str) -> Optional[str]:
+    """For ``--fresh``: move the earlier run out of ``output_dir`` (its files and Detectron2's
+    ``inference/`` folder; other subfolders, e.g. other runs, stay) into a sibling folder
+    ``<output_dir>-replaced-<date>``. Nothing is deleted. Returns that folder, or None when
+    there was nothing to move."""
+    if not os.path.isdir(output_dir):
+        return None
+    moved = [e for e in sorted(os.listdir(output_dir))
+             if os.path.isfile(os.path.join(output_dir, e)) or e == "inference"]
+    if not moved:
+        return None
+    base = f"{os.path.normpath(output_dir)}-replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = base, 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{base}-{n}"
+    os.makedirs(target)
+    for entry in moved:
+        os.rename(os.path.join(output_dir, entry), os.path.join(target, entry))
+    return target
+
+
+def clamp_workers(cfg: CfgNode, processes_per_machine: int) -> Optional[str]:
+    """Lower ``DATALOADER.NUM_WORKERS`` to the cores each process has (the cores this process
+    may use, divided among the machine's processes). Returns the line to log, or None."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    limit = max(0, cores // max(1, processes_per_machine))
+    asked = cfg.DATALOADER.NUM_WORKERS
+    if asked <= limit:
+        return None
+    cfg.DATALOADER.NUM_WORKERS = limit
+    return (f"DATALOADER.NUM_WORKERS {asked} lowered to {limit}: {cores} CPU cores for "
+            f"{processes_per_machine} process(es) on this machine")
 

@@ -15,7 +15,10 @@
   stated once in the log;
 * ``MGDCheckpointer`` (``mgd_checkpointer``): checkpoints read as data and loaded strictly,
   with upstream's checkpointables (whatever this Detectron2 saves: the iteration, optimizer and
-  scheduler) plus the loss scaler and RetinaNet's foreground normaliser, so resume is exact.
+  scheduler) plus the loss scaler and RetinaNet's foreground normaliser, so resume is exact;
+* a progress line whenever the log has been silent for ~30 s (``mgd_progress``), and on
+  Ctrl-C a checkpoint of the last finished iteration (``mgd_interrupt``; ``train`` saves it
+  and re-raises the KeyboardInterrupt, ``interrupted_checkpoint`` names the file).
 
 Where the pinned and today's Detectron2 differ, this module goes through
 ``detectron2.utils.mgd_compat``.
@@ -26,9 +29,12 @@ import time
 
 import torch
 
+from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.defaults import DefaultTrainer
 from detectron2.engine.mgd_checkpointer import MGDCheckpointer, strip_prefix
 from detectron2.engine.mgd_hooks import MGDMatchingHook
+from detectron2.engine.mgd_interrupt import InterruptGuard
+from detectron2.engine.mgd_progress import ProgressHook
 from detectron2.engine.mgd_sync_check import ParameterDigestHook
 from detectron2.modeling.meta_arch.mgd_retinanet import amp_dtype, autocast
 from detectron2.utils import comm
@@ -112,8 +118,25 @@ class MGDTrainer(DefaultTrainer):
         if is_mgd_config(self.cfg):
             # first, so that the matching pass runs before the step timer starts
             hooks.insert(0, MGDMatchingHook(self.cfg))
+        # right after the scheduler's step: an iteration's update ends there (mgd_interrupt)
+        self.interrupt_guard = InterruptGuard()
+        after_scheduler = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.LRScheduler)) + 1
+        hooks.insert(after_scheduler, self.interrupt_guard)
         hooks.append(ParameterDigestHook())  # every rank logs its parameters' digest at the end
+        if comm.is_main_process():
+            hooks.append(ProgressHook())
         return hooks
+
+    def train(self):
+        """Upstream's ``train``; on Ctrl-C, first a checkpoint of the last finished iteration
+        (main process; its name in ``interrupted_checkpoint``, None if none finished)."""
+        self.interrupted_checkpoint = None
+        try:
+            return super().train()
+        except KeyboardInterrupt:
+            if comm.is_main_process():
+                self.interrupted_checkpoint = self.interrupt_guard.save(self.checkpointer)
+            raise
 
     def matching_hook(self):
         for hook in self._hooks:

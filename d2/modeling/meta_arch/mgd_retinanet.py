@@ -73,7 +73,7 @@ def _fpn(name: str) -> Position:
     return Position(name, "", name)
 
 
-#: The positions of ``MGD.IGNORE_INDS``, in order (DESIGN.md): stages' pre-ReLU taps, then FPN.
+#: The positions of ``MGD.IGNORE_INDS``, in order (docs/mgd.md, "Positions"): stages' pre-ReLU taps, then FPN.
 POSITIONS: Tuple[Position, ...] = (
     _stage("c2", "res2"), _stage("c3", "res3"), _stage("c4", "res4"), _stage("c5", "res5"),
     _fpn("p3"), _fpn("p4"), _fpn("p5"), _fpn("p6"), _fpn("p7"),
