@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
-from .checkpoint.errors import CheckpointError
+from .errors import UserError
 
 __all__ = ["OneLineArgumentParser", "run_cli"]
 
@@ -20,10 +20,10 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
             argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``main(argv)``; a CheckpointError becomes ``error: <message>`` and exit code 2."""
+    """Run ``main(argv)``; a UserError becomes ``error: <message>`` and exit code 2."""
     try:
         return int(main(argv) or 0)
-    except CheckpointError as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import re
 
+from ..errors import UserError
+
 __all__ = ["CheckpointError", "short_exception"]
 
 
-class CheckpointError(Exception):
-    """A user-facing problem with a checkpoint or an output path.
-
-    The message is always a single line (newlines and runs of spaces are collapsed) that
-    says what is wrong and, where possible, what to do about it.
-    """
-
-    def __init__(self, message: str):
-        one_line = re.sub(r"\s+", " ", str(message)).strip()
-        super().__init__(one_line)
+class CheckpointError(UserError):
+    """A user-facing problem with a checkpoint or an output path (one line, see mgd.errors)."""
 
 
 def short_exception(exc: BaseException, limit: int = 160) -> str:
