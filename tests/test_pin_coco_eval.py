@@ -2,7 +2,7 @@
 
 `make eval` reports the pin's numbers; they are the paper's metric only if the fast C++
 evaluation equals the reference COCO API. The pin's own test of this fails on today's
-pycocotools for a reason in its set-up (tests/detectron2_expected_failures.txt), so it is
+pycocotools for a reason in its set-up (tests/detectron2_expected_failures.pin.txt), so it is
 checked here on detections of the kind a detector makes: localised with varied IoU, some of
 the wrong class, duplicates, and false positives, with distinct scores (no tie-breaking).
 """
