@@ -126,7 +126,10 @@ class _FakeMatchingModel(torch.nn.Module):
     def __init__(self, fake):
         super().__init__()
         self.fake = fake
-        self.distiller = SimpleNamespace(images_seen=0, assignments=lambda: {"c2": torch.arange(3)})
+        self.distiller = SimpleNamespace(
+            images_seen=0, assignments=lambda: {"c2": torch.arange(3)},
+            last_statistic=SimpleNamespace(images=10, images_per_rank=[10], ranks="rank0",
+                                           describe=lambda: "10 images from rank 0 of 1"))
 
     def reset_matching(self):
         pass
@@ -144,13 +147,16 @@ def test_the_matching_pass_reports_on_the_same_30_s_schedule(mgd_lines, monkeypa
     monkeypatch.setattr(mgd_progress.PROGRESS, "clock", fake)
     monkeypatch.setattr(mgd_progress.PROGRESS, "period", 30.0)
     mgd_progress.PROGRESS.mark()
-    cfg = SimpleNamespace(MGD=SimpleNamespace(UPDATE_FREQ=[10], UPDATE_SLOW_STEP=[], UPDATE_ITER=10),
-                          OUTPUT_DIR=str(tmp_path))
+    # the original's rule: UPDATE_ITER + 1 = 10 batches of IMS_PER_BATCH 2 / 2 reference ranks = 1 image
+    cfg = SimpleNamespace(MGD=SimpleNamespace(UPDATE_FREQ=[10], UPDATE_SLOW_STEP=[], UPDATE_ITER=9,
+                                              REFERENCE_WORLD_SIZE=2, MATCHING_RANKS="rank0"),
+                          SOLVER=SimpleNamespace(IMS_PER_BATCH=2), OUTPUT_DIR=str(tmp_path))
     hook = MGDMatchingHook(cfg)
-    hook.trainer = SimpleNamespace(model=_FakeMatchingModel(fake), iter=0, _data_loader_iter=iter(range(100)))
+    batches = iter([[i, i] for i in range(100)])
+    hook.trainer = SimpleNamespace(model=_FakeMatchingModel(fake), iter=0, _data_loader_iter=batches)
     hook.update_matching()
     # batches end at 12, 24, 36 (36 s silent: a line), 48, 60, 72 (36 s), 84, 96, 108 (36 s), 120 (the end)
-    progress = [line.split(": ", 1)[1].split(",")[0] for line in mgd_lines() if "batches" in line]
+    progress = [line.split(": ", 1)[1].split(",")[0] for line in mgd_lines() if "ETA" in line]
     assert progress == ["3/10 batches", "6/10 batches", "9/10 batches"]
     assert "MGD matching at iteration 0 done" in mgd_lines()[-1]
 

@@ -29,13 +29,12 @@ def _load(root, split):
         return json.load(f)
 
 
-def test_layout_counts_and_speed(full_set):
-    root, elapsed, stdout = full_set
+def test_layout_and_counts(full_set):
+    root, _, stdout = full_set
     assert "train 320 images" in stdout and "val 120 images" in stdout
     assert sorted(os.listdir(root)) == ["annotations", "synthetic.json", "train", "val"]
     assert len(os.listdir(root / "train")) == 320 and len(os.listdir(root / "val")) == 120
     assert not [n for n in os.listdir(root.parent) if n.startswith(".")]  # no temp folders
-    assert elapsed < 30, f"generation took {elapsed:.1f} s"  # ~3-4 s on 2 cores
 
 
 def test_valid_coco_that_pycocotools_loads_and_evaluates(full_set):
