@@ -55,11 +55,11 @@ try:  # the overlay modules register the MGD backbone, meta-architecture and tra
     import detectron2.utils.mgd_compat  # noqa: F401
     import detectron2.modeling.backbone.mgd_resnet  # noqa: F401
     import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401
-    from detectron2.data.mgd_datasets import DatasetError, check_datasets, dataset_sizes, register_coco_dataset
+    from detectron2.data.mgd_datasets import check_datasets, dataset_sizes, register_coco_dataset
     from detectron2.engine.mgd_launch import launch
     from detectron2.engine.mgd_probe import probe_loss_factors
     from detectron2.engine.mgd_results import keep_earlier_evaluation, provenance, report_empty, save_results
-    from detectron2.engine.mgd_scale import ScaleError, apply_scale, parse_scale
+    from detectron2.engine.mgd_scale import apply_scale, parse_scale
     from detectron2.engine.mgd_setup import (ConfigError, check_config, check_output_dir, check_weights,
                                              clamp_workers, load_config, move_previous_run)
     from detectron2.engine.mgd_checkpointer import MGDCheckpointer
@@ -73,11 +73,10 @@ import detectron2.utils.comm as comm  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 
-from mgd.checkpoint import CheckpointError  # noqa: E402
+from mgd.checkpoint import Role  # noqa: E402
+from mgd.cli import run_cli  # noqa: E402
 from mgd.config import derive_net_config, is_mgd_config  # noqa: E402
 
-#: the errors that end a run with one line (anything else is a bug: a traceback)
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ScaleError)
 #: set by the make targets: the command that resumes this run (make ... RESUME=1)
 RESUME_COMMAND_VARIABLE = "MGD_RESUME_COMMAND"
 
@@ -130,7 +129,7 @@ def resume_command(args) -> str:
 
 
 def check_run(args):
-    """Every check that can be made before the run starts (raises one of USER_ERRORS); then
+    """Every check that can be made before the run starts (raises a mgd.errors.UserError); then
     one line per dataset checked, and one warning line per dataset with something Detectron2
     drops or clips. Returns the config."""
     parsed = {}
@@ -156,15 +155,13 @@ def build_eval_model(cfg, eval_teacher=False):
     """The network to evaluate: for an MGD config, the student's (or teacher's) RetinaNet.
 
     MODEL.WEIGHTS may be a split checkpoint (scripts/convert-output-to-d2.py) or a whole
-    distillation checkpoint: its s_net./t_net. prefix is stripped.
+    distillation checkpoint: its s_net./t_net. prefix (Role.prefix) is stripped. Returns (model, role).
     """
-    prefix = ""
-    if is_mgd_config(cfg):
-        role = "teacher" if eval_teacher else "student"
-        cfg = derive_net_config(cfg, role)
-        prefix = "t_net." if eval_teacher else "s_net."
-        logging.getLogger("detectron2").info(f"Evaluating the {role} of the MGD config")
-    return MGDTrainer.build_model(cfg), prefix
+    role = Role.of_run(mgd=is_mgd_config(cfg), eval_only=True, eval_teacher=eval_teacher)
+    if role.mgd:
+        cfg = derive_net_config(cfg, role.value)
+        logging.getLogger("detectron2").info(f"Evaluating the {role.value} of the MGD config")
+    return MGDTrainer.build_model(cfg), role
 
 
 def training_sizes_differ(cfg):
@@ -192,9 +189,8 @@ def evaluate(cfg, args):
     differ = training_sizes_differ(cfg)
     if differ:
         logging.getLogger("detectron2").warning(differ)
-    model, prefix = build_eval_model(cfg, args.eval_teacher)
-    role = "eval-teacher" if args.eval_teacher else "eval-student"  # strict: no re-init at eval
-    checkpointer = MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=prefix, role=role)
+    model, role = build_eval_model(cfg, args.eval_teacher)  # strict: no re-init at evaluation
+    checkpointer = MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strip_prefix=role.prefix, role=role)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
     resumed = args.resume and checkpointer.has_checkpoint()  # then OUTPUT_DIR's last checkpoint was loaded
     weights = checkpointer.get_checkpoint_file() if resumed else cfg.MODEL.WEIGHTS
@@ -202,7 +198,7 @@ def evaluate(cfg, args):
     if comm.is_main_process():
         report_empty(results, list(cfg.DATASETS.TEST), cfg.MODEL.RETINANET.SCORE_THRESH_TEST)
         verify_results(cfg, results)
-        network = ("teacher" if args.eval_teacher else "student") if prefix else "retinanet"
+        network = role.value  # "teacher", "student" or "retinanet"
         about = provenance(weights, args.config_file, args.opts, [dataset_sizes(n) for n in cfg.DATASETS.TEST],
                            code_dir=REPO_ROOT, network=network)
         save_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"), about)
@@ -319,9 +315,12 @@ def interrupted_line(cfg, args, before) -> str:
     return "interrupted before the first iteration finished: nothing saved; run the same command to start again"
 
 
-if __name__ == "__main__":
-    args = build_parser().parse_args()
-    cfg = None
+def run(argv=None) -> int:
+    """The command line: every check, then the run; a user error ends it with one line
+    (``mgd.cli.run_cli``: ``error: ...``, exit code 2), Ctrl-C with the line that says what
+    was saved (exit code 130)."""
+    args = build_parser().parse_args(argv)
+    cfg = before = None
     try:
         cfg = check_run(args)  # errors first: before any log line, output folder or process
         if is_training(args) and args.fresh and args.machine_rank == 0:
@@ -331,12 +330,14 @@ if __name__ == "__main__":
         before = _checkpoint_state(cfg.OUTPUT_DIR)
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         if args.num_gpus * args.num_machines > 1:
             _wait_for_processes()
         sys.stdout.flush()
         print(interrupted_line(cfg, args, before) if cfg is not None else "interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(run))

@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
 from mgd.checkpoint import CheckpointError, convert_distilled  # noqa: E402
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from mgd.cli import OneLineArgumentParser, report_error, run_cli  # noqa: E402
 
 
 def build_parser():
@@ -55,7 +55,7 @@ def convert_all(output_dir, eval_teacher=False, out=sys.stdout, err=sys.stderr):
                                         os.path.join(output_dir, new), eval_teacher)
             print(f"  {summary}", file=out, flush=True)
         except CheckpointError as exc:
-            print(f"error: {exc}", file=err, flush=True)
+            report_error(exc, file=err)
             failed.append(name)
     return failed
 

@@ -30,6 +30,10 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
+from mgd.cli import run_cli  # noqa: E402
+from mgd.errors import UserError  # noqa: E402
+
 # sm_80 cubins also run on 8.6/8.9 GPUs; the 8.6/8.9 entries give them tuned code. 9.0+PTX adds
 # PTX that the driver compiles for newer GPUs (Blackwell). CUDA 13 supports 7.5 and newer only.
 DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
@@ -37,7 +41,7 @@ DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
 REQUIRED_HEADERS = ("cuda.h", "cuda_runtime_api.h", "cublas_v2.h", "cublasLt.h", "cusolverDn.h", "cusparse.h")
 
 
-class BuildEnvError(Exception):
+class BuildEnvError(UserError):
     pass
 
 
@@ -188,15 +192,11 @@ def main(argv: List[str]) -> int:
     if len(argv) != 2:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
-    try:
-        env = build_env(Path(argv[1]).absolute())
-    except BuildEnvError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    env = build_env(Path(argv[1]).absolute())  # a BuildEnvError (a UserError) ends it: run_cli
     for name, value in env.items():
         print(f"export {name}={shlex.quote(value)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(run_cli(main, sys.argv))

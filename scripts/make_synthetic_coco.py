@@ -17,8 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from mgd.cli import OneLineArgumentParser  # noqa: E402
-from synthetic_coco import SynthConfig, SyntheticDataError, write_dataset  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from synthetic_coco import SynthConfig, write_dataset  # noqa: E402
 
 
 def build_parser():
@@ -51,14 +51,7 @@ def main(argv=None):
                       max_labelled=args.max_objects,
                       min_distractors=min(1, args.max_distractors),
                       max_distractors=args.max_distractors, min_visible=args.min_visible)
-    try:
-        info = write_dataset(args.out, cfg)
-    except SyntheticDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    info = write_dataset(args.out, cfg)  # a SyntheticDataError (a UserError) or Ctrl-C: run_cli
     (nt, at), (nv, av) = info["counts"]["train"], info["counts"]["val"]
     print(f"wrote {info['out']}: train {nt} images / {at} boxes, val {nv} images / {av} boxes, "
           f"{args.size}x{args.size}, 4 categories, seed {args.seed}, "
@@ -67,4 +60,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

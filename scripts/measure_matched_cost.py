@@ -18,7 +18,8 @@ norms, margins and loss factors do not enter it (the norms are left at their ini
 
 ``--teacher`` / ``--student``: a RetinaNet checkpoint of that network (a base run's
 ``model_final.pth``, a split ``.pkl``) or an MGD checkpoint, whose ``t_net.`` / ``s_net.``
-part is taken. Every tensor of the network must be there with its shape.
+part is taken. Every tensor of the network must be there with its shape (mgd.checkpoint.strict
+decides, as for an evaluation of that net: ``Role.TEACHER`` / ``Role.STUDENT``).
 
 Writes ``--out`` (atomically)::
 
@@ -36,46 +37,32 @@ sys.path.insert(0, REPO_ROOT)
 
 from mgd.bootstrap import use_detectron2  # noqa: E402
 from mgd.checkpoint import (  # noqa: E402
-    STUDENT_PREFIX, TEACHER_PREFIX, CheckpointError, atomic_write, load_checkpoint)
-from mgd.cli import OneLineArgumentParser  # noqa: E402
+    Role, atomic_write, check_model_load, check_weights_path, load_checkpoint, select_network, shapes_of)
+from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from mgd.errors import UserError  # noqa: E402
 
 use_detectron2(REPO_ROOT)
 
 
-class MeasureError(Exception):
-    """A user-facing problem (one line)."""
+class MeasureError(UserError):
+    """A user-facing problem (one line, see mgd.errors)."""
 
 
-def role_state_dict(path: str, prefix: str, role: str) -> dict:
-    """{key without prefix: tensor} of one network: the ``prefix`` part of an MGD checkpoint,
-    or a RetinaNet checkpoint as it is."""
+def load_network(net, path: str, role: Role) -> None:
+    """Copy the ``role``'s net of the checkpoint at ``path`` into ``net``; mgd.checkpoint.strict
+    decides whether it may (every tensor of ``net`` there, with its shape)."""
     import numpy as np
     import torch
 
-    state = load_checkpoint(path, what=f"{role} checkpoint")
-    if any(k.startswith((TEACHER_PREFIX, STUDENT_PREFIX)) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not state:
-            raise MeasureError(f"{role} checkpoint {path!r} is an MGD checkpoint without "
-                               f"{prefix}* tensors")
-    return {k: torch.as_tensor(np.asarray(v)) if isinstance(v, np.ndarray) else v
-            for k, v in state.items()}
-
-
-def load_network(net, state: dict, path: str, role: str) -> None:
-    """Copy ``state`` into ``net``; every tensor of ``net`` must be there with its shape."""
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    if missing:
-        raise MeasureError(f"{role} checkpoint {path!r} lacks {len(missing)} of the {role}'s "
-                           f"{len(own)} tensors (e.g. {missing[0]}); is it a {role} of this "
-                           "config?")
-    for key, value in own.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise MeasureError(f"{role} checkpoint {path!r}: {key} has shape "
-                               f"{tuple(state[key].shape)}, the config's {role} needs "
-                               f"{tuple(value.shape)}")
-    net.load_state_dict({k: state[k] for k in own})
+    what = f"{role.value} checkpoint"
+    state = select_network(load_checkpoint(path, what=what), path, role, what=what)
+    check_model_load(shapes_of(net.state_dict()), shapes_of(state), path, role, heuristics=False,
+                     what=what)
+    tensors = {k: torch.as_tensor(np.asarray(v)) if isinstance(v, np.ndarray) else v
+               for k, v in state.items()}
+    own = net.state_dict()  # checked above; buffers the config derives (pixel_mean, ...) may differ
+    net.load_state_dict({k: tensors[k] for k, v in own.items()
+                         if k in tensors and tuple(tensors[k].shape) == tuple(v.shape)}, strict=False)
 
 
 def batches(dataset_dicts, mapper, batch_size: int):
@@ -89,8 +76,8 @@ def measure(args) -> dict:
 
     try:
         from detectron2.data import DatasetCatalog, DatasetMapper
-        from detectron2.data.mgd_datasets import DatasetError, register_coco_dataset
-        from detectron2.engine.mgd_setup import ConfigError, load_config
+        from detectron2.data.mgd_datasets import register_coco_dataset
+        from detectron2.engine.mgd_setup import load_config
         from detectron2.modeling import build_model
         import detectron2.modeling.backbone.mgd_resnet  # noqa: F401  (registers the backbone)
         import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401  (and MGDRetinaNet)
@@ -99,12 +86,9 @@ def measure(args) -> dict:
                            f"({error}); run `make detectron2 overlay`") from None
     from mgd.config import is_mgd_config
 
-    try:
-        for name, json_file, image_root in args.dataset or ():
-            register_coco_dataset(name, json_file, image_root)
-        cfg = load_config(args.config_file, args.opts)
-    except (ConfigError, DatasetError) as error:
-        raise MeasureError(str(error)) from None
+    for name, json_file, image_root in args.dataset or ():  # a DatasetError or ConfigError is a UserError
+        register_coco_dataset(name, json_file, image_root)
+    cfg = load_config(args.config_file, args.opts)
     if not is_mgd_config(cfg):
         raise MeasureError(f"{args.config_file} is not an MGD config (MODEL.META_ARCHITECTURE "
                            "MGDRetinaNet): the matched cost needs a teacher and a student")
@@ -116,13 +100,10 @@ def measure(args) -> dict:
     if split not in DatasetCatalog.list():
         raise MeasureError(f"dataset {split!r} is not registered; pass --dataset {split or 'NAME'} "
                            "JSON IMAGE_ROOT")
-    teacher = role_state_dict(args.teacher, TEACHER_PREFIX, "teacher")
-    student = role_state_dict(args.student, STUDENT_PREFIX, "student")
-
     torch.manual_seed(0)  # the distiller's norms, unused by the cost
     model = build_model(cfg)
-    load_network(model.t_net, teacher, args.teacher, "teacher")
-    load_network(model.s_net, student, args.student, "student")
+    load_network(model.t_net, args.teacher, Role.TEACHER)
+    load_network(model.s_net, args.student, Role.STUDENT)
     model.eval()
     dataset_dicts = DatasetCatalog.get(split)
     mapper = DatasetMapper(cfg, is_train=False)
@@ -159,21 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.batch_size < 1:
-            raise MeasureError(f"--batch-size must be >= 1, got {args.batch_size}")
-        for role in ("teacher", "student"):
-            if not os.path.isfile(getattr(args, role)):
-                raise MeasureError(f"{role} checkpoint {getattr(args, role)!r} not found")
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(out_dir):
-            raise MeasureError(f"cannot write {args.out!r}: folder {out_dir!r} does not exist")
-        result = measure(args)
-        data = (json.dumps(result, indent=2) + "\n").encode("utf-8")
-        atomic_write(args.out, lambda f: f.write(data), what="matched-cost file")
-    except (MeasureError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.batch_size < 1:
+        raise MeasureError(f"--batch-size must be >= 1, got {args.batch_size}")
+    for role in (Role.TEACHER, Role.STUDENT):
+        check_weights_path(getattr(args, role.value), role, what=f"{role.value} checkpoint")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise MeasureError(f"cannot write {args.out!r}: folder {out_dir!r} does not exist")
+    result = measure(args)
+    data = (json.dumps(result, indent=2) + "\n").encode("utf-8")
+    atomic_write(args.out, lambda f: f.write(data), what="matched-cost file")
     print(f"matched cost of {args.student} to {args.teacher} over {result['images']} images of "
           f"{result['dataset']} ({result['seconds']:.1f} s): "
           + ", ".join(f"{k} {v:.4f}" for k, v in result["costs"].items()))
@@ -181,4 +157,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

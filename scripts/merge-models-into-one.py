@@ -23,11 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from mgd.checkpoint import (  # noqa: E402
     DEPTH_LAYOUTS,
+    D2_BACKBONE_PREFIX,
     STUDENT_BACKBONE_PREFIX,
     TEACHER_PREFIX,
-    CheckpointError,
+    check_distinct_inputs,
+    check_merge_inputs,
     check_output_path,
-    check_roles,
     extract_state_dict,
     human_size,
     is_random_init,
@@ -35,8 +36,6 @@ from mgd.checkpoint import (  # noqa: E402
     load_checkpoint_object,
     merge_teacher_student,
     save_d2_pickle,
-    validate_student,
-    validate_teacher,
 )
 from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
 
@@ -63,25 +62,21 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_output_path(args.output, inputs=[args.teacher, args.student])
-    if os.path.isfile(args.teacher) and os.path.isfile(args.student) and os.path.samefile(args.teacher, args.student):
-        raise CheckpointError(f"TEACHER and STUDENT are the same file {args.teacher!r}: pass the trained "
-                              "RetinaNet teacher (e.g. output/base-R50/model_final.pth) and the student's "
-                              "ImageNet backbone (e.g. weights/r-18.pkl)")
+    check_distinct_inputs(args.teacher, args.student)
 
     teacher_file = load_checkpoint_object(args.teacher, what="teacher")
     teacher = extract_state_dict(teacher_file, args.teacher, what="teacher")
-    teacher_depth = validate_teacher(teacher, args.teacher, args.teacher_depth)
     student_file = load_checkpoint_object(args.student, what="student")
     student = extract_state_dict(student_file, args.student, what="student")
-    student_depth = validate_student(student, args.student, args.student_depth)
-    check_roles(teacher_depth, student_depth, args.teacher, args.student, args.allow_shallow_teacher)
+    check_merge_inputs(teacher, student, args.teacher, args.student, args.teacher_depth,
+                       args.student_depth, args.allow_shallow_teacher)  # mgd.checkpoint.strict decides
 
     merged = merge_teacher_student(teacher, student)
     random_init = [name for name, obj in (("teacher", teacher_file), ("student", student_file))
                    if is_random_init(obj)]
     size = save_d2_pickle(merged, args.output, random_init=bool(random_init))
     print(f"teacher {args.teacher}: {len(teacher)} tensors -> {TEACHER_PREFIX}* "
-          f"(RetinaNet, {layout_text(teacher, 'backbone.bottom_up.')})")
+          f"(RetinaNet, {layout_text(teacher, D2_BACKBONE_PREFIX)})")
     print(f"student {args.student}: {len(student)} tensors -> {STUDENT_BACKBONE_PREFIX}* "
           f"({layout_text(student)})")
     print(f"wrote {args.output}: {len(merged)} tensors, {human_size(size)}"

@@ -35,9 +35,10 @@ from collections import OrderedDict
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from mgd.cli import OneLineArgumentParser  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from mgd.errors import UserError  # noqa: E402
 from summarize_results import (  # noqa: E402
-    METRICS, ResultsError, collect_runs, delta_row, load_results, models, parse_runs)
+    METRICS, collect_runs, delta_row, load_results, models, parse_runs)
 
 #: a run's curve gets markers when it has at most this many points
 MARKERS_UP_TO = 30
@@ -46,7 +47,7 @@ COST_PREFIX = "mgd/cost_"
 POSITION_ORDER = ("c2", "c3", "c4", "c5", "p3", "p4", "p5", "p6", "p7")
 
 
-class PlotError(Exception):
+class PlotError(UserError):
     """A user-facing problem (one line)."""
 
 
@@ -305,40 +306,36 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    runs = OrderedDict()
+    named_paths = parse_runs(args.runs)
+    for name, path in named_paths:
+        records, bad = read_metrics(path)
+        if bad:
+            print(f"note: {name}: skipped {bad} unreadable line(s) of metrics.json")
+        runs[name] = records
+    table = load_results(args.ap_table) if args.ap_table else ap_of_runs(named_paths, runs)
     try:
-        runs = OrderedDict()
-        named_paths = parse_runs(args.runs)
-        for name, path in named_paths:
-            records, bad = read_metrics(path)
-            if bad:
-                print(f"note: {name}: skipped {bad} unreadable line(s) of metrics.json")
-            runs[name] = records
-        table = load_results(args.ap_table) if args.ap_table else ap_of_runs(named_paths, runs)
-        try:
-            os.makedirs(args.out, exist_ok=True)
-        except OSError as exc:
-            raise PlotError(f"cannot create output folder {args.out!r}: {exc}") from None
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        raise PlotError(f"cannot create output folder {args.out!r}: {exc}") from None
 
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        written = [
-            plot_losses(plt, runs, os.path.join(args.out, "loss_curves.png")),
-            plot_costs(plt, runs, os.path.join(args.out, "matching_cost.png")),
-            plot_ap(plt, table, os.path.join(args.out, "ap_comparison.png"),
-                    args.baseline, args.distilled),
-            plot_matched_cost(plt, table, os.path.join(args.out, "matched_cost_to_teacher.png"),
-                              args.baseline, args.distilled),
-        ]
-    except (PlotError, ResultsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    written = [
+        plot_losses(plt, runs, os.path.join(args.out, "loss_curves.png")),
+        plot_costs(plt, runs, os.path.join(args.out, "matching_cost.png")),
+        plot_ap(plt, table, os.path.join(args.out, "ap_comparison.png"),
+                args.baseline, args.distilled),
+        plot_matched_cost(plt, table, os.path.join(args.out, "matched_cost_to_teacher.png"),
+                          args.baseline, args.distilled),
+    ]
     for path in written:
         print(f"wrote {path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

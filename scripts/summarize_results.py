@@ -49,13 +49,14 @@ from collections import OrderedDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
 
-from mgd.checkpoint import CheckpointError, atomic_write  # noqa: E402
-from mgd.cli import OneLineArgumentParser  # noqa: E402
+from mgd.checkpoint import atomic_write  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from mgd.errors import UserError  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75")
 
 
-class ResultsError(Exception):
+class ResultsError(UserError):
     """A user-facing problem with a results file (one line)."""
 
 
@@ -435,26 +436,22 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        if args.runs:
-            return _main_runs(args)
-        if not args.results:
-            raise ResultsError("give RESULTS.json, or --runs with run folders")
-        changes = bool(args.collect or args.matched_cost)
-        results = load_results(args.results, missing_ok=changes)
-        if changes:
-            collect(results, args.collect, args.matched_cost)
-            write_results(results, args.results)
-        if not models(results):
-            raise ResultsError(f"results file {args.results!r} holds no models")
-        print(format_table(results, args.baseline, args.distilled, args.markdown))
-        costs = format_cost_table(results, args.baseline, args.distilled, args.markdown)
-        if costs:
-            print("\nMean matched cost to the teacher (2 - 2 cos per channel; lower = closer):")
-            print(costs)
-    except (ResultsError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.runs:
+        return _main_runs(args)
+    if not args.results:
+        raise ResultsError("give RESULTS.json, or --runs with run folders")
+    changes = bool(args.collect or args.matched_cost)
+    results = load_results(args.results, missing_ok=changes)
+    if changes:
+        collect(results, args.collect, args.matched_cost)
+        write_results(results, args.results)
+    if not models(results):
+        raise ResultsError(f"results file {args.results!r} holds no models")
+    print(format_table(results, args.baseline, args.distilled, args.markdown))
+    costs = format_cost_table(results, args.baseline, args.distilled, args.markdown)
+    if costs:
+        print("\nMean matched cost to the teacher (2 - 2 cos per channel; lower = closer):")
+        print(costs)
     return 0
 
 
@@ -471,4 +468,4 @@ def _main_runs(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -46,6 +46,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from mgd.errors import UserError  # the repository root is on sys.path (make_synthetic_coco.py)
+
 GENERATOR_VERSION = 1
 MARKER = "synthetic.json"
 
@@ -64,7 +66,7 @@ DISTRACTOR_SHAPES = ("circle", "square", "triangle", "ring", "cross", "line")
 SPLITS = ("train", "val")
 
 
-class SyntheticDataError(Exception):
+class SyntheticDataError(UserError):
     """A user-facing problem (bad arguments, an output folder that cannot be written)."""
 
 

@@ -23,8 +23,8 @@ _ANNOUNCE_BYTES = 20 * 2**20
 _OWN_SET_HINT = "register your own with train_net.py --dataset NAME JSON IMAGE_ROOT (make: DATASETS=\"NAME JSON IMAGE_ROOT\")"
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be used as named; the message is one line."""
+class DatasetError(UserError, ValueError):
+    """A dataset that cannot be used as named; the message is one line (see mgd.errors)."""
 
 
 def _read(json_file: str) -> dict:

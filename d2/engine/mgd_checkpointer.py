@@ -6,7 +6,7 @@
   for ``.pth``; :mod:`mgd.checkpoint`), one-line :class:`CheckpointError` for bad files;
 * an optional key prefix stripped (``s_net.``/``t_net.``: evaluating one net of a
   distillation checkpoint);
-* the rules of :mod:`mgd.checkpoint.strict` applied before the weights are copied: a
+* the rules of :mod:`mgd.checkpoint.strict` (which alone decides) applied before the weights are copied: a
   tensor whose shape differs from the model's, a teacher where a student is expected (or
   the reverse), an incomplete teacher (MGD training) or evaluated network is refused; a
   training that fine-tunes on another label set re-initialises the classifier
@@ -17,11 +17,12 @@
 * checkpoints saved atomically (a temporary file in the folder, renamed into place; the same
   for ``last_checkpoint``): a run stopped while saving leaves the previous files intact.
 
-:func:`check_weights_for_config` makes the same kind/depth/class checks from the config
-alone, before any model is built or anything is logged.
+:func:`check_weights_for_config` asks the same module from the config alone, before any
+model is built or anything is logged.
 """
 import logging
 import os
+from typing import Optional
 
 import torch
 
@@ -29,30 +30,23 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from mgd.checkpoint import (
     RANDOM_INIT_KEY,
-    ROLES,
     CheckpointError,
+    Role,
     atomic_write,
-    check_checkpoint_role,
+    check_model_load,
+    check_weights_path,
+    check_weights_state,
     extract_state_dict,
     is_random_init,
     load_checkpoint_object,
-    plan_load,
-    resnet_depth,
     shapes_of,
     strip_prefix,
 )
 from mgd.config import is_mgd_config
 
-__all__ = ["MGDCheckpointer", "check_weights_for_config", "strip_prefix", "ROLES"]
+__all__ = ["MGDCheckpointer", "check_weights_for_config", "strip_prefix", "Role"]
 
 logger = logging.getLogger("detectron2.mgd")
-
-_PREFIX_ROLES = {"t_net.": "eval-teacher", "s_net.": "eval-student"}
-_MISSING_HINTS = {
-    "train": "make weights, make base and make merge write the usual inputs",
-    "eval-student": "make convert-all writes MGD_OUTPUT/model_final.pkl",
-    "eval-teacher": "make convert-all EVAL_TEACHER=1 writes MGD_OUTPUT/model_final.teacher.pkl",
-}
 
 
 def _random_init_line(path: str) -> str:
@@ -65,25 +59,26 @@ class MGDCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that reads checkpoints as data and loads them strictly.
 
     Args:
-        strip_prefix: keep only the keys with this prefix, without it ("s_net." / "t_net.").
-        role: "train", "eval-student" or "eval-teacher"; by default "eval-teacher" for
-            ``strip_prefix="t_net."``, "eval-student" for "s_net.", else "train". Pass
-            "eval-student" to evaluate a plain RetinaNet.
+        strip_prefix: keep only the keys with this prefix, without it (``Role.TEACHER.prefix``
+            "t_net.", ``Role.STUDENT.prefix`` "s_net.").
+        role: a :class:`mgd.checkpoint.Role`; by default ``Role.of_loader``: the teacher for
+            ``strip_prefix="t_net."``, the student for "s_net.", else a training of the
+            model. Pass ``Role.RETINANET`` to evaluate a plain RetinaNet.
     """
 
-    def __init__(self, model, save_dir="", *, strip_prefix: str = "", role: str = "", **kwargs):
+    def __init__(self, model, save_dir="", *, strip_prefix: str = "", role: Optional[Role] = None,
+                 **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.strip_prefix = strip_prefix
-        self.role = role or _PREFIX_ROLES.get(strip_prefix, "train")
-        if self.role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        self.role = role or Role.of_loader(self.model.state_dict().keys(), strip_prefix)  # unwrapped by fvcore
+        if not isinstance(self.role, Role):
+            raise TypeError(f"role must be a mgd.checkpoint.Role, got {self.role!r}")
         self.random_init = False
         self._path = ""
 
     def load(self, path, checkpointables=None):
-        if path and "://" not in path and not os.path.isfile(path):  # fvcore would assert
-            raise CheckpointError(f"MODEL.WEIGHTS {path!r} does not exist; check the path "
-                                  f"({_MISSING_HINTS[self.role]})")
+        if path:  # fvcore would assert on a missing file
+            check_weights_path(path, self.role)
         self._path = path
         return super().load(path, checkpointables)
 
@@ -139,22 +134,9 @@ class MGDCheckpointer(DetectionCheckpointer):
         return super()._load_model(checkpoint)
 
     def _check_strictly(self, checkpoint, path):
-        model_shapes = shapes_of(self.model.state_dict())
         ckpt_shapes = shapes_of(checkpoint["model"])
-        if not any(k.startswith("module.") for k in model_shapes):  # as fvcore strips it
-            ckpt_shapes = {k[len("module."):] if k.startswith("module.") else k: v
-                           for k, v in ckpt_shapes.items()}
-        mgd_model = any(k.startswith("t_net.") for k in model_shapes)
-        if mgd_model:
-            depths = dict(depth=resnet_depth(model_shapes, "s_net.backbone.bottom_up."),
-                          teacher_depth=resnet_depth(model_shapes, "t_net.backbone.bottom_up."))
-        else:
-            depths = dict(depth=resnet_depth(model_shapes, "backbone.bottom_up."))
-        mgd = mgd_model or bool(self.strip_prefix)
-        check_checkpoint_role(ckpt_shapes, path, self.role, mgd=mgd, **depths)
-        heuristics = bool(checkpoint.get("matching_heuristics", False))
-        dropped = plan_load(model_shapes, ckpt_shapes, path, self.role, mgd=mgd,
-                            heuristics=heuristics)
+        dropped = check_model_load(shapes_of(self.model.state_dict()), ckpt_shapes, path, self.role,
+                                   heuristics=bool(checkpoint.get("matching_heuristics", False)))
         if dropped:
             shown = ", ".join(f"{k} {tuple(ckpt_shapes[k])}" for k in dropped)
             for key in dropped:
@@ -170,44 +152,29 @@ def _num_anchors(cfg) -> int:
     return len(sizes[0]) * len(ratios[0])
 
 
-def check_weights_for_config(cfg, role: str) -> None:
-    """Check ``cfg.MODEL.WEIGHTS`` against the config from its keys and shapes only.
+def check_weights_for_config(cfg, role: Role) -> None:
+    """Check ``cfg.MODEL.WEIGHTS`` against the config from its keys and shapes only
+    (:func:`mgd.checkpoint.check_weights_state` with the config's depths and class count).
 
     Args:
         cfg: the run's config (``add_mgd_config`` applied; MGD or plain RetinaNet).
-        role: "train", "eval-student" (a plain config: evaluate that RetinaNet) or
-            "eval-teacher" (MGD configs only).
+        role: what the run asks of the file (``Role.of_run``).
 
     Raises :class:`CheckpointError` (one line naming the file and the role) for a missing or
     unreadable file, a file of the wrong kind (teacher+student vs single network vs bare
     backbone), a teacher where the student is expected or the reverse (ResNet depth read
     from the keys), or a class count that cannot be re-initialised (the teacher's, or at
-    evaluation). Builds no model and writes nothing; an empty MODEL.WEIGHTS or a URL is not
-    checked.
+    evaluation). Builds no model and writes nothing; a URL is not checked.
     """
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     path = cfg.MODEL.WEIGHTS
-    if not path or "://" in path:
+    if not check_weights_path(path, role):
         return
-    if not os.path.isfile(path):
-        what = "is a folder, not a checkpoint file" if os.path.isdir(path) else "does not exist"
-        raise CheckpointError(f"MODEL.WEIGHTS {path!r} {what}; check the path "
-                              f"({_MISSING_HINTS[role]})")
+    if role.mgd != is_mgd_config(cfg):
+        raise ValueError(f"{role} is not a role of this config (MGD: {is_mgd_config(cfg)})")
     state = extract_state_dict(load_checkpoint_object(path, "MODEL.WEIGHTS"), path, "MODEL.WEIGHTS")
-    mgd = is_mgd_config(cfg)
-    classes = dict(num_classes=cfg.MODEL.RETINANET.NUM_CLASSES, num_anchors=_num_anchors(cfg))
-    if role == "train" and mgd:
-        check_checkpoint_role(shapes_of(state), path, role, mgd=True, depth=cfg.MGD.STUDENT.DEPTH,
-                              teacher_depth=cfg.MGD.TEACHER.DEPTH, **classes)
-    elif mgd:
-        net = cfg.MGD.TEACHER if role == "eval-teacher" else cfg.MGD.STUDENT
-        prefix = "t_net." if role == "eval-teacher" else "s_net."
-        check_checkpoint_role(shapes_of(strip_prefix(state, prefix)), path, role, mgd=True,
-                              depth=net.DEPTH, **classes)
-    elif role == "eval-teacher":
-        raise CheckpointError("--eval-teacher needs an MGD config (it evaluates the teacher of "
-                              "a distillation); pass the MGD config, or drop --eval-teacher")
-    else:
-        check_checkpoint_role(shapes_of(state), path, role, mgd=False,
-                              depth=cfg.MODEL.RESNETS.DEPTH, **classes)
+    nets = {Role.MGD_TRAINING: dict(depth=cfg.MGD.STUDENT.DEPTH, teacher_depth=cfg.MGD.TEACHER.DEPTH),
+            Role.STUDENT: dict(depth=cfg.MGD.STUDENT.DEPTH),
+            Role.TEACHER: dict(depth=cfg.MGD.TEACHER.DEPTH)}
+    check_weights_state(state, path, role, num_classes=cfg.MODEL.RETINANET.NUM_CLASSES,
+                        num_anchors=_num_anchors(cfg),
+                        **nets.get(role, dict(depth=cfg.MODEL.RESNETS.DEPTH)))

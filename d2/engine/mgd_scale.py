@@ -29,8 +29,8 @@ COCO_MAX_RATIO = 1333 / 800
 SIZE_KEYS = ("INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST")
 
 
-class ScaleError(ValueError):
-    """A --scale that cannot be applied; the message is one line."""
+class ScaleError(UserError, ValueError):
+    """A --scale that cannot be applied; the message is one line (see mgd.errors)."""
 
 
 def parse_scale(text: str) -> str:

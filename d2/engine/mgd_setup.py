@@ -29,10 +29,12 @@ from detectron2.engine.mgd_checkpointer import check_weights_for_config
 from detectron2.engine.mgd_hooks import check_schedule
 from detectron2.modeling.meta_arch.mgd_retinanet import AMP_PRECISIONS
 
-from mgd.checkpoint import DEPTH_LAYOUTS, extract_state_dict, is_random_init, load_checkpoint_object
+from mgd.checkpoint import (DEPTH_LAYOUTS, STUDENT_BACKBONE_PREFIX, Role, extract_state_dict, is_random_init,
+                            load_checkpoint_object)
 from mgd.config import add_mgd_config, is_mgd_config
 from mgd.defaults import DEFAULT_POSITION_NAMES
 from mgd.distiller import MATCHING_RANKS
+from mgd.errors import UserError
 from mgd.reducers import REDUCERS
 
 __all__ = ["ConfigError", "load_config", "check_config", "check_weights", "check_random_init_recipe",
@@ -45,8 +47,8 @@ _DOWNLOADED = ("http://", "https://", "detectron2://", "catalog://")
 _NOT_RELATIVE = ("/", "~") + _DOWNLOADED
 
 
-class ConfigError(ValueError):
-    """A config that cannot run as given; the message is one line."""
+class ConfigError(UserError, ValueError):
+    """A config that cannot run as given; the message is one line (see mgd.errors)."""
 
 
 def fallback_config_dir() -> str:
@@ -204,14 +206,6 @@ def _check_precision(cfg: CfgNode) -> None:
                           "bfloat16 support; use float16 (or auto)")
 
 
-def _weights_hint(mgd: bool, eval_only: bool) -> str:
-    if eval_only:
-        return "split a distillation run's student with `make convert-all`, or pass a .pth/.pkl checkpoint"
-    if mgd:
-        return "make the merged teacher/student checkpoint with `make merge`"
-    return "get the ImageNet weights with `make weights`"
-
-
 def check_config(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = False,
                  probe: bool = False) -> None:
     """Refuse a config that would fail later or give a wrong answer: the mode's needs, the MGD
@@ -233,24 +227,14 @@ def check_config(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = Fal
 def check_weights(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = False,
                   probe: bool = False, resume: bool = False) -> None:
     """``MODEL.WEIGHTS`` is given where the run needs trained weights, exists, and is a
-    checkpoint of the kind the run expects (``check_weights_for_config``: teacher+student for
-    MGD training, the evaluated network's depth, ...; raises its ``CheckpointError``)."""
-    mgd = is_mgd_config(cfg)
-    weights = cfg.MODEL.WEIGHTS
+    checkpoint of the kind the run expects: :mod:`mgd.checkpoint.strict` decides, for the
+    run's :class:`~mgd.checkpoint.Role` (``check_weights_for_config``: teacher+student for MGD
+    training, the evaluated network's depth, ...; raises its ``CheckpointError``)."""
     if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         return  # the run continues from its own last checkpoint; MODEL.WEIGHTS is not read
-    if not weights:
-        if eval_only or probe or mgd:
-            raise ConfigError("MODEL.WEIGHTS is empty: this run needs trained weights; "
-                              + _weights_hint(mgd and not eval_only, eval_only))
-        return  # a base training from random initialisation
-    if weights.startswith(_DOWNLOADED):
-        return  # a URL or a catalog name: Detectron2 downloads it
-    if not os.path.isfile(weights):
-        raise ConfigError(f"MODEL.WEIGHTS {weights} not found; {_weights_hint(mgd and not eval_only, eval_only)}")
-    role = "eval-teacher" if eval_teacher else "eval-student" if eval_only else "train"
+    role = Role.of_run(mgd=is_mgd_config(cfg), eval_only=eval_only, eval_teacher=eval_teacher)
     check_weights_for_config(cfg, role)
-    if role == "train" and not probe:
+    if role.training and not probe:
         check_random_init_recipe(cfg)
 
 
@@ -293,7 +277,7 @@ def check_random_init_recipe(cfg: CfgNode) -> None:
     mgd = is_mgd_config(cfg)
     if mgd:
         state = extract_state_dict(obj, weights, "MODEL.WEIGHTS")
-        if not _starts_untrained(state, "s_net.backbone.bottom_up."):
+        if not _starts_untrained(state, STUDENT_BACKBONE_PREFIX):
             return  # the mark comes from the teacher; the student starts from trained weights
         freeze_key, freeze_at = "MGD.STUDENT.FREEZE_AT", cfg.MGD.STUDENT.FREEZE_AT
     else:

@@ -4,7 +4,8 @@
   (``torch.load(weights_only=True)``) files without running code from them;
 * :mod:`.format` knows the teacher/student layout (``t_net.*``, ``s_net.*``), reads a
   ResNet's depth from key names, validates, merges and splits;
-* :mod:`.strict` decides which checkpoint may start which run (kind, depth, shapes);
+* :mod:`.strict` is the one place that decides which checkpoint may start which run
+  (:class:`Role`; kind, depth, shapes), and which files a merge or a split takes;
 * :mod:`.writing` checks output paths early and writes atomically.
 
 Every user-caused problem raises :class:`CheckpointError` with a one-line message.
@@ -18,15 +19,12 @@ from .format import (
     STUDENT_BACKBONE_PREFIX,
     STUDENT_PREFIX,
     TEACHER_PREFIX,
-    check_roles,
     convert_distilled,
     layout_text,
     merge_teacher_student,
     resnet_depth,
     resnet_layout,
     split_distilled,
-    validate_student,
-    validate_teacher,
 )
 from .loading import (
     RANDOM_INIT_KEY,
@@ -41,13 +39,23 @@ from .loading import (
 )
 from .strict import (
     CLASSIFIER_KEYS,
-    ROLES,
+    Role,
     check_checkpoint_role,
+    check_distinct_inputs,
+    check_merge_inputs,
+    check_model_load,
+    check_roles,
+    check_split,
+    check_weights_path,
+    check_weights_state,
     checkpoint_kind,
     match_keys,
     plan_load,
+    select_network,
     shapes_of,
     strip_prefix,
+    validate_student,
+    validate_teacher,
 )
 from .writing import atomic_write, check_output_path, human_size, save_d2_pickle
 
@@ -80,7 +88,7 @@ __all__ = [
     "merge_teacher_student",
     "split_distilled",
     "convert_distilled",
-    "ROLES",
+    "Role",
     "CLASSIFIER_KEYS",
     "checkpoint_kind",
     "strip_prefix",
@@ -88,4 +96,11 @@ __all__ = [
     "check_checkpoint_role",
     "match_keys",
     "plan_load",
+    "check_weights_path",
+    "check_weights_state",
+    "check_model_load",
+    "select_network",
+    "check_split",
+    "check_merge_inputs",
+    "check_distinct_inputs",
 ]

@@ -1,5 +1,6 @@
-"""The teacher/student checkpoint layout of MGD: ResNet depth from key names, validation,
-merge of a teacher RetinaNet and a student backbone, and the split back.
+"""The teacher/student checkpoint layout of MGD: the key prefixes (defined here, once), ResNet
+depth from key names, merge of a teacher RetinaNet and a student backbone, and the split back.
+Which file may be merged, split or loaded is decided in :mod:`.strict`.
 
 A merged (distillation) checkpoint holds ``t_net.<teacher RetinaNet key>`` and
 ``s_net.backbone.bottom_up.<converted torchvision key>``; MGD training writes
@@ -28,9 +29,6 @@ __all__ = [
     "resnet_layout",
     "resnet_depth",
     "layout_text",
-    "validate_teacher",
-    "validate_student",
-    "check_roles",
     "merge_teacher_student",
     "split_distilled",
     "convert_distilled",
@@ -97,94 +95,6 @@ def layout_text(keys, prefix="") -> str:
     return f"{name} ({kind} blocks {list(counts)} per stage)"
 
 
-def _check_depth(keys, prefix: str, expected: Optional[int], role: str, path: str,
-                 hint: str) -> Optional[int]:
-    found = resnet_depth(keys, prefix)
-    if expected is None:
-        return found
-    if expected not in DEPTH_LAYOUTS:
-        raise CheckpointError(f"unsupported --{role}-depth {expected}; choose one of "
-                              f"{sorted(DEPTH_LAYOUTS)}")
-    if found != expected:
-        raise CheckpointError(f"{role} {path!r} is {layout_text(keys, prefix)}, not the "
-                              f"ResNet-{expected} that --{role}-depth {expected} asks for; "
-                              f"{hint}")
-    return found
-
-
-def _sample(keys: Sequence[str], n: int = 2) -> str:
-    keys = sorted(keys)
-    return ", ".join(repr(k) for k in keys[:n]) + (", ..." if len(keys) > n else "")
-
-
-def validate_teacher(sd: Mapping[str, Any], path, depth: Optional[int] = None) -> Optional[int]:
-    """Check that ``sd`` is a Detectron2 RetinaNet; return its backbone depth (or None)."""
-    path = str(path)
-    keys = list(sd)
-    if any(k.startswith((TEACHER_PREFIX, STUDENT_PREFIX)) for k in keys):
-        raise CheckpointError(f"teacher {path!r} is already a distillation checkpoint "
-                              "(t_net./s_net. keys); extract the teacher first with "
-                              "scripts/convert-output-to-d2.py IN OUT --eval-teacher")
-    if resnet_layout(keys) is not None or any(k.startswith("layer1.") for k in keys):
-        raise CheckpointError(f"teacher {path!r} is a bare ResNet backbone, not a RetinaNet; "
-                              "pass the base training's output (e.g. model_final.pth of "
-                              "`make base DEPTH=50`)")
-    has_backbone = any(k.startswith(D2_BACKBONE_PREFIX) for k in keys)
-    has_head = any(k.startswith("head.") for k in keys)
-    if not (has_backbone and has_head):
-        missing = " and ".join(n for n, ok in (("backbone.bottom_up.*", has_backbone),
-                                                ("head.*", has_head)) if not ok)
-        raise CheckpointError(f"teacher {path!r} does not look like a Detectron2 RetinaNet "
-                              f"(no {missing} keys; it has e.g. {_sample(keys)}); pass the "
-                              "base RetinaNet training's checkpoint")
-    if resnet_layout(keys, D2_BACKBONE_PREFIX) is None:
-        raise CheckpointError(f"teacher {path!r} has no ResNet stages under "
-                              "backbone.bottom_up.res2-5; pass a RetinaNet with a ResNet "
-                              "backbone")
-    return _check_depth(keys, D2_BACKBONE_PREFIX, depth, "teacher", path,
-                        "pass the base training output of that depth (make base DEPTH=...)")
-
-
-def validate_student(sd: Mapping[str, Any], path, depth: Optional[int] = None) -> Optional[int]:
-    """Check that ``sd`` is a torchvision-converted bare ResNet; return its depth (or None)."""
-    path = str(path)
-    keys = list(sd)
-    if any(k.startswith((TEACHER_PREFIX, STUDENT_PREFIX)) for k in keys):
-        raise CheckpointError(f"student {path!r} is a distillation checkpoint (t_net./s_net. "
-                              "keys), not a backbone; pass the converted torchvision ResNet "
-                              "(e.g. r-18.pkl)")
-    if any(k.startswith(("backbone.", "head.", "proposal_generator.", "roi_heads."))
-           for k in keys):
-        raise CheckpointError(f"student {path!r} is a whole detector (backbone./head. keys), "
-                              "not a bare backbone; pass the torchvision ResNet converted by "
-                              "detectron2/tools/convert-torchvision-to-d2.py (e.g. r-18.pkl)")
-    if any(k.startswith(("layer1.", "layer2.")) for k in keys):
-        raise CheckpointError(f"student {path!r} is an unconverted torchvision state dict "
-                              "(layer1.* keys); convert it first with "
-                              "detectron2/tools/convert-torchvision-to-d2.py IN.pth OUT.pkl")
-    if not any(k.startswith("stem.") for k in keys) or resnet_layout(keys) is None:
-        raise CheckpointError(f"student {path!r} is not a converted ResNet backbone (expected "
-                              f"stem.* and res2.*-res5.* keys, found e.g. {_sample(keys)}); "
-                              "pass the output of convert-torchvision-to-d2.py")
-    return _check_depth(keys, "", depth, "student", path,
-                        "pass the converted torchvision weights of that depth")
-
-
-def check_roles(teacher_depth: Optional[int], student_depth: Optional[int], teacher_path,
-                student_path, allow_shallow_teacher: bool = False) -> None:
-    """Refuse a teacher that is not deeper than the student (MGD distils e.g. R50 -> R18),
-    unless ``allow_shallow_teacher``; depths unknown (None) are not compared."""
-    if allow_shallow_teacher or teacher_depth is None or student_depth is None:
-        return
-    if teacher_depth <= student_depth:
-        raise CheckpointError(
-            f"teacher {str(teacher_path)!r} is a ResNet-{teacher_depth}, not deeper than the student "
-            f"{str(student_path)!r} (ResNet-{student_depth}): MGD distils a deeper teacher into a "
-            "shallower student (the paper: R50 -> R18); pass the R50 base run (`make base DEPTH=50`: "
-            "output/base-R50/model_final.pth), or --allow-shallow-teacher (make: ALLOW_ANY_TEACHER=1) "
-            "to merge it anyway")
-
-
 def merge_teacher_student(teacher: Mapping[str, Any], student: Mapping[str, Any]
                           ) -> Dict[str, "np.ndarray"]:
     """``t_net.<teacher key>`` and ``s_net.backbone.bottom_up.<student key>``, as numpy."""
@@ -202,18 +112,11 @@ def split_distilled(sd: Mapping[str, Any], path="checkpoint", eval_teacher: bool
 
     Returns (kept, dropped counts by group).
     """
+    from .strict import Role, check_split  # strict decides (and imports this module)
+
+    check_split(sd, path, Role.TEACHER if eval_teacher else Role.STUDENT)
     prefix = TEACHER_PREFIX if eval_teacher else STUDENT_PREFIX
     kept = {k[len(prefix):]: to_numpy(v) for k, v in sd.items() if k.startswith(prefix)}
-    if not kept:
-        role = "teacher (t_net.*)" if eval_teacher else "student (s_net.*)"
-        other = STUDENT_PREFIX if eval_teacher else TEACHER_PREFIX
-        if any(k.startswith(other) for k in sd):
-            hint = ("drop --eval-teacher to extract the student" if eval_teacher
-                    else "it holds only t_net.* keys; add --eval-teacher for the teacher")
-        else:
-            hint = ("it is not an MGD distillation checkpoint (keys like "
-                    f"{_sample(list(sd))}); pass a checkpoint written by the MGD training")
-        raise CheckpointError(f"{str(path)!r} has no {role} keys; {hint}")
     dropped: Dict[str, int] = collections.Counter()
     for k in sd:
         if not k.startswith(prefix):

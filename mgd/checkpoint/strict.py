@@ -1,15 +1,27 @@
-"""Which checkpoint may start which run: refusals where a mismatch would be a wrong answer.
+"""Which checkpoint may start which run: the one place that decides, on key names and shapes.
 
-Two levels, both on key names and shapes only (no framework):
+Every entry point asks this module (``train_net.py`` through ``mgd_setup.check_weights``,
+``MGDCheckpointer``, ``scripts/merge-models-into-one.py``, ``scripts/convert-output-to-d2.py``,
+``scripts/convert_all.py``, ``scripts/measure_matched_cost.py``); none decides on its own.
 
+* :class:`Role` - what a run asks of its weights: an MGD training (teacher+student), a plain
+  RetinaNet training, the evaluation of an MGD config's student or teacher, or of a plain
+  RetinaNet;
+* :func:`check_weights_path` - a weights path is given where the role needs one, and is a file;
 * :func:`check_checkpoint_role` - the kind of file (teacher+student distillation file,
   detector, bare backbone), the ResNet depth of each net read from its keys, and the
-  classifier's class count, against what a run expects. Runs before any model is built.
+  classifier's class count, against what a run expects. Runs before any model is built;
+  :func:`check_weights_state` applies it to a loaded file (one net taken out of an MGD file);
 * :func:`plan_load` - every tensor against the model's state dict, matched the way
   Detectron2's loader will match them (exact names, or its suffix heuristics); returns the
   classifier keys to re-initialise when that is the only (allowed) difference.
+  :func:`check_model_load` runs both against a built model;
+* :func:`select_network` - one net (``t_net.``/``s_net.`` part) of an MGD file, or a
+  RetinaNet file as it is; :func:`check_split` - the net an extraction asks for is there;
+* :func:`validate_teacher`, :func:`validate_student`, :func:`check_merge_inputs` - the two
+  inputs of a merge.
 
-Rules (roles: ``"train"``, ``"eval-student"``, ``"eval-teacher"``):
+Rules:
 
 * any tensor whose shape differs from the model's is refused, except a training that
   fine-tunes a detector on another label set: a mismatch confined to the classification
@@ -19,31 +31,52 @@ Rules (roles: ``"train"``, ``"eval-student"``, ``"eval-teacher"``):
 * an MGD run needs the whole teacher (``t_net.*``) and the student's whole backbone
   (``s_net.backbone.bottom_up.*``: its FPN and head may be new); an evaluation needs every tensor of
   the evaluated network; a plain training may start from ImageNet backbone weights
-  (missing head keys are fine).
+  (missing head keys are fine);
+* a merge takes a trained RetinaNet teacher deeper than the student, and a converted
+  torchvision ResNet as the student.
 
 Every refusal is a :class:`CheckpointError` whose one line names the file, the role and the
-first mismatching tensor.
+first mismatching tensor (see docs/checkpoints.md).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+import enum
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import CheckpointError
-from .format import D2_BACKBONE_PREFIX, STUDENT_PREFIX, TEACHER_PREFIX, layout_text, resnet_depth
+from .format import (
+    D2_BACKBONE_PREFIX,
+    DEPTH_LAYOUTS,
+    STUDENT_PREFIX,
+    TEACHER_PREFIX,
+    layout_text,
+    resnet_depth,
+    resnet_layout,
+)
 
 __all__ = [
-    "ROLES",
+    "Role",
     "CLASSIFIER_KEYS",
     "checkpoint_kind",
     "strip_prefix",
     "shapes_of",
+    "check_weights_path",
     "check_checkpoint_role",
+    "check_weights_state",
     "match_keys",
     "plan_load",
+    "check_model_load",
+    "select_network",
+    "check_split",
+    "validate_teacher",
+    "validate_student",
+    "check_roles",
+    "check_merge_inputs",
+    "check_distinct_inputs",
 ]
 
-ROLES = ("train", "eval-student", "eval-teacher")
 #: the classification output layer of a RetinaNet (the only layer a new label set changes)
 CLASSIFIER_KEYS = ("head.cls_score.weight", "head.cls_score.bias")
 # derived from the config, never meaningful in a file
@@ -51,6 +84,96 @@ _CONFIG_BUFFERS = ("pixel_mean", "pixel_std")
 _CONFIG_BUFFER_PARTS = ("anchor_generator.",)
 
 Shapes = Mapping[str, Tuple[int, ...]]
+
+
+class Role(enum.Enum):
+    """What a run asks of its weights (``MODEL.WEIGHTS``, or a script's input)."""
+
+    MGD_TRAINING = "mgd-training"      #: teacher (t_net.*) + the student's backbone, at least
+    RETINANET_TRAINING = "retinanet-training"  #: ImageNet backbone or a RetinaNet
+    STUDENT = "student"                #: the student of an MGD config, evaluated (or measured)
+    TEACHER = "teacher"                #: the teacher of an MGD config, evaluated (or measured)
+    RETINANET = "retinanet"            #: a plain RetinaNet, evaluated
+
+    @classmethod
+    def of_run(cls, *, mgd: bool, eval_only: bool = False, eval_teacher: bool = False) -> "Role":
+        """The role of a ``train_net.py`` run: its config (MGD or not) and its flags."""
+        if eval_teacher and not mgd:
+            raise CheckpointError("--eval-teacher needs an MGD config (it evaluates the teacher of "
+                                  "a distillation); pass the MGD config, or drop --eval-teacher")
+        if eval_teacher:
+            return cls.TEACHER
+        if eval_only:
+            return cls.STUDENT if mgd else cls.RETINANET
+        return cls.MGD_TRAINING if mgd else cls.RETINANET_TRAINING
+
+    @classmethod
+    def of_loader(cls, model_keys: Iterable[str], prefix: str = "") -> "Role":
+        """The role a loader serves when none is named: the net its key ``prefix`` takes out of
+        an MGD file (``t_net.``: the teacher, ``s_net.``: the student), else a training of the
+        model (an MGD model holds ``t_net.*`` keys)."""
+        if prefix == TEACHER_PREFIX:
+            return cls.TEACHER
+        if prefix == STUDENT_PREFIX:
+            return cls.STUDENT
+        if any(k.startswith(TEACHER_PREFIX) for k in model_keys):
+            return cls.MGD_TRAINING
+        return cls.RETINANET_TRAINING
+
+    @property
+    def training(self) -> bool:
+        return self in (Role.MGD_TRAINING, Role.RETINANET_TRAINING)
+
+    @property
+    def mgd(self) -> bool:
+        """The run's config is an MGD (teacher+student) config."""
+        return self in (Role.MGD_TRAINING, Role.STUDENT, Role.TEACHER)
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of this role's net in an MGD file ("" when the role takes the file whole)."""
+        return {Role.TEACHER: TEACHER_PREFIX, Role.STUDENT: STUDENT_PREFIX}.get(self, "")
+
+    @property
+    def words(self) -> str:
+        """The network this role loads, in words."""
+        return {Role.MGD_TRAINING: "the MGD teacher+student",
+                Role.RETINANET_TRAINING: "the RetinaNet being trained",
+                Role.STUDENT: "the student being evaluated",
+                Role.TEACHER: "the teacher being evaluated",
+                Role.RETINANET: "the RetinaNet being evaluated"}[self]
+
+    @property
+    def source_hint(self) -> str:
+        """Where this role's weights come from (the make target that writes them)."""
+        return {Role.MGD_TRAINING: "make the merged teacher/student checkpoint with `make merge`",
+                Role.RETINANET_TRAINING: "get the ImageNet weights with `make weights`",
+                Role.STUDENT: "split a distillation run's student with `make convert-all`, or pass "
+                              "a .pth/.pkl checkpoint",
+                Role.TEACHER: "split a distillation run's teacher with `make convert-all "
+                              "EVAL_TEACHER=1` (model_final.teacher.pkl), or pass a .pth/.pkl checkpoint",
+                Role.RETINANET: "pass a trained RetinaNet's .pth/.pkl checkpoint"}[self]
+
+
+_DOWNLOADED = ("http://", "https://", "detectron2://", "catalog://")
+
+
+def check_weights_path(path: str, role: Role, what: str = "MODEL.WEIGHTS") -> bool:
+    """Whether ``path`` is a local file to check further; refuses an empty path where the role
+    needs trained weights (every role but a plain training, which may start from random
+    initialisation), a missing file and a folder. A URL or a catalog name (Detectron2
+    downloads it) is not checked: returns False, as for an allowed empty path."""
+    if not path:
+        if role is Role.RETINANET_TRAINING:
+            return False
+        raise CheckpointError(f"{what} is empty: this run needs trained weights; {role.source_hint}")
+    if path.startswith(_DOWNLOADED) or "://" in path:
+        return False
+    if os.path.isdir(path):
+        raise CheckpointError(f"{what} {path} is a folder, not a checkpoint file; {role.source_hint}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} {path} not found; {role.source_hint}")
+    return True
 
 
 def shapes_of(state: Mapping[str, object]) -> Dict[str, Tuple[int, ...]]:
@@ -80,14 +203,6 @@ def checkpoint_kind(keys: Iterable[str]) -> str:
     return "unknown"
 
 
-def _net_words(role: str, mgd: bool) -> str:
-    if role == "eval-teacher":
-        return "the teacher being evaluated"
-    if role == "eval-student":
-        return "the student being evaluated" if mgd else "the RetinaNet being evaluated"
-    return "the MGD teacher+student" if mgd else "the RetinaNet being trained"
-
-
 def _classes(shapes: Shapes, prefix: str, num_anchors: Optional[int]) -> Optional[int]:
     bias = shapes.get(prefix + "head.cls_score.bias")
     if bias is None or not num_anchors or len(bias) != 1 or bias[0] % num_anchors:
@@ -95,25 +210,29 @@ def _classes(shapes: Shapes, prefix: str, num_anchors: Optional[int]) -> Optiona
     return bias[0] // num_anchors
 
 
-def check_checkpoint_role(shapes: Shapes, path: str, role: str, *, mgd: bool,
+def _as_role(role) -> Role:
+    if not isinstance(role, Role):
+        raise TypeError(f"role must be a mgd.checkpoint.Role, got {role!r}")
+    return role
+
+
+def check_checkpoint_role(shapes: Shapes, path: str, role: Role, *,
                           depth: Optional[int], teacher_depth: Optional[int] = None,
                           num_classes: Optional[int] = None, num_anchors: Optional[int] = None,
                           what: str = "MODEL.WEIGHTS") -> None:
     """Refuse a checkpoint of the wrong kind, depth or class count for ``role``.
 
     Args:
-        shapes: ``{key: shape}`` of the checkpoint (for an evaluation of an MGD config,
-            after the ``s_net.``/``t_net.`` prefix is stripped, as the loader does).
-        role: "train", "eval-student" or "eval-teacher".
-        mgd: the config is an MGD (teacher+student) config.
+        shapes: ``{key: shape}`` of the checkpoint (for the evaluation of an MGD config's net,
+            after its ``s_net.``/``t_net.`` prefix is stripped, as the loader does).
+        role: what the run asks of the file (:class:`Role`).
         depth: the ResNet depth of the student (MGD training), of the evaluated net
             (evaluation) or of the model (plain training); None = not checked.
         teacher_depth: the teacher's depth (MGD training only).
         num_classes, num_anchors: the config's class count and anchors per position;
             checked where a classifier cannot be re-initialised (the teacher, evaluation).
     """
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    role = _as_role(role)
     name = f"{what} {path!r}"
     keys = list(shapes)
     kind = checkpoint_kind(keys)
@@ -125,11 +244,11 @@ def check_checkpoint_role(shapes: Shapes, path: str, role: str, *, mgd: bool,
         raise CheckpointError(f"{name} holds no ResNet, RetinaNet or MGD weights (keys like "
                               f"{', '.join(sorted(keys)[:2])}); pass a checkpoint of this project")
 
-    if role == "train" and mgd:
+    if role is Role.MGD_TRAINING:
         _check_mgd_training(shapes, name, kind, depth, teacher_depth, num_classes, num_anchors)
         return
     if kind == "distillation":
-        if role == "train":
+        if role is Role.RETINANET_TRAINING:
             raise CheckpointError(f"{name} is an MGD distillation checkpoint (t_net./s_net. keys); "
                                   "a plain RetinaNet training cannot start from it: extract one "
                                   "net first (scripts/convert-output-to-d2.py IN OUT.pkl "
@@ -139,31 +258,31 @@ def check_checkpoint_role(shapes: Shapes, path: str, role: str, *, mgd: bool,
                               "config (--eval-teacher for the teacher) or extract one net "
                               "(make convert-all)")
 
-    who = _net_words(role, mgd)
+    who = role.words
     prefix = D2_BACKBONE_PREFIX if kind == "detector" else ""
     found = resnet_depth(keys, prefix)
-    if role != "train" and not any(k.startswith("head.") for k in keys):
+    if not role.training and not any(k.startswith("head.") for k in keys):
         hint = ("it looks like the merged input of `make distill`, not a trained network; "
                 "evaluate the distillation's output (make convert-all, then "
-                "model_final.pkl)" if kind == "detector" and mgd
+                "model_final.pkl)" if kind == "detector" and role.mgd
                 else "it is a backbone, not a trained RetinaNet")
         raise CheckpointError(f"{name} has no detection head (head.* keys) for {who}; {hint}")
     if depth is not None and found != depth:
-        if role == "eval-student" and mgd:
+        if role is Role.STUDENT:
             hint = ("a teacher where the student is expected? add --eval-teacher (make eval "
                     "EVAL_TEACHER=1 reads model_final.teacher.pkl) or pass the student's weights")
-        elif role == "eval-teacher":
+        elif role is Role.TEACHER:
             hint = ("the student where the teacher is expected? drop --eval-teacher, or pass "
                     "the teacher's weights (model_final.teacher.pkl of make convert-all "
                     "EVAL_TEACHER=1)")
-        elif role == "eval-student":
+        elif role is Role.RETINANET:
             hint = f"pass a RetinaNet-R{depth} checkpoint or a config of the file's depth"
         else:
             hint = (f"pass weights of that depth (e.g. weights/r-{depth}.pkl) or set "
                     "MODEL.RESNETS.DEPTH to the file's")
         raise CheckpointError(f"{name} is {layout_text(keys, prefix)}, but {who} is "
                               f"ResNet-{depth}; {hint}")
-    if role != "train" and num_classes is not None:
+    if not role.training and num_classes is not None:
         found_classes = _classes(shapes, "", num_anchors)
         if found_classes is not None and found_classes != num_classes:
             raise CheckpointError(f"{name} was trained for {found_classes} classes, but {who} has "
@@ -252,8 +371,8 @@ def _shape_text(shape: Tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
-def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: str, *,
-              mgd: bool, heuristics: bool, what: str = "MODEL.WEIGHTS") -> List[str]:
+def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: Role, *,
+              heuristics: bool, what: str = "MODEL.WEIGHTS") -> List[str]:
     """Compare every tensor; refuse what must not load; return checkpoint keys to drop.
 
     The returned keys are the classifier's (``head.cls_score.*``, or the student's
@@ -262,8 +381,7 @@ def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: str, *
     that differs, an incomplete teacher (MGD training) or an incomplete evaluated network
     raises :class:`CheckpointError`.
     """
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    role = _as_role(role)
     name = f"{what} {path!r}"
     pairs = match_keys(sorted(model_shapes), sorted(ckpt_shapes), heuristics)
     differ = [(mk, ck) for mk, ck in pairs.items()
@@ -274,11 +392,11 @@ def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: str, *
             return "the teacher"
         if model_key.startswith(STUDENT_PREFIX):
             return "the student"
-        return _net_words(role, mgd)
+        return role.words
 
-    classifier = tuple((STUDENT_PREFIX if mgd and role == "train" else "") + k
+    classifier = tuple((STUDENT_PREFIX if role is Role.MGD_TRAINING else "") + k
                        for k in CLASSIFIER_KEYS)
-    reinit = role == "train" and bool(differ) and all(mk in classifier for mk, _ in differ)
+    reinit = role.training and bool(differ) and all(mk in classifier for mk, _ in differ)
     if differ and not reinit:
         mk, ck = next(((m, c) for m, c in differ if m not in classifier), differ[0])
         more = f" ({len(differ)} tensors differ)" if len(differ) > 1 else ""
@@ -293,9 +411,9 @@ def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: str, *
                               f"{_shape_text(tuple(ckpt_shapes[ck]))} in the file and "
                               f"{_shape_text(tuple(model_shapes[mk]))} in the model{more}; {why}")
 
-    if role == "train" and not mgd:
+    if role is Role.RETINANET_TRAINING:
         required: List[str] = []  # ImageNet backbone weights into a fresh detector: allowed
-    elif role == "train":  # the whole teacher, and the student's backbone (the merge's two halves)
+    elif role is Role.MGD_TRAINING:  # the whole teacher, and the student's backbone (the merge's two halves)
         required = [k for k in model_shapes
                     if k.startswith((TEACHER_PREFIX, STUDENT_PREFIX + D2_BACKBONE_PREFIX))]
     else:
@@ -303,8 +421,8 @@ def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: str, *
     missing = sorted(k for k in required if k not in pairs and not _is_config_buffer(k))
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        if role != "train":
-            whose = _net_words(role, mgd)
+        if not role.training:
+            whose = role.words
         elif missing[0].startswith(TEACHER_PREFIX):
             whose = "the teacher, which MGD training needs whole"
         else:
@@ -312,3 +430,187 @@ def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: str, *
         raise CheckpointError(f"{name} lacks tensor {missing[0]!r}{more} of {whose}; pass a "
                               "complete checkpoint of that network")
     return sorted({ck for _, ck in differ}) if reinit else []
+
+
+def _model_depths(model_shapes: Shapes) -> Dict[str, Optional[int]]:
+    """The depths :func:`check_checkpoint_role` compares, read from a built model's keys."""
+    if any(k.startswith(TEACHER_PREFIX) for k in model_shapes):
+        return dict(depth=resnet_depth(model_shapes, STUDENT_PREFIX + D2_BACKBONE_PREFIX),
+                    teacher_depth=resnet_depth(model_shapes, TEACHER_PREFIX + D2_BACKBONE_PREFIX))
+    return dict(depth=resnet_depth(model_shapes, D2_BACKBONE_PREFIX))
+
+
+def check_model_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: Role, *,
+                     heuristics: bool, what: str = "MODEL.WEIGHTS") -> List[str]:
+    """Everything a loader asks before copying ``ckpt_shapes`` into a built model: the file's
+    kind and depths against the model's (:func:`check_checkpoint_role`), then every tensor
+    (:func:`plan_load`). ``module.`` (a DistributedDataParallel save) is stripped as fvcore
+    does. Returns the checkpoint keys to leave out (a classifier re-initialised)."""
+    if not any(k.startswith("module.") for k in model_shapes):
+        ckpt_shapes = {k[len("module."):] if k.startswith("module.") else k: v
+                       for k, v in ckpt_shapes.items()}
+    check_checkpoint_role(ckpt_shapes, path, role, what=what, **_model_depths(model_shapes))
+    return plan_load(model_shapes, ckpt_shapes, path, role, heuristics=heuristics, what=what)
+
+
+def select_network(state: Mapping[str, Any], path: str, role: Role,
+                   what: str = "MODEL.WEIGHTS") -> Dict[str, Any]:
+    """The part of ``state`` that ``role`` loads: for the teacher or the student of an MGD
+    config, the ``t_net.``/``s_net.`` keys of an MGD file without the prefix (a RetinaNet
+    file as it is); for any other role, the file as it is. Refuses an MGD file without the
+    role's net."""
+    role = _as_role(role)
+    if not role.prefix or not any(k.startswith((TEACHER_PREFIX, STUDENT_PREFIX)) for k in state):
+        return dict(state)
+    kept = {k[len(role.prefix):]: v for k, v in state.items() if k.startswith(role.prefix)}
+    if not kept:
+        net = "teacher" if role is Role.TEACHER else "student"
+        raise CheckpointError(f"{what} {path!r} is an MGD checkpoint without {role.prefix}* "
+                              f"tensors (no {net}); pass a checkpoint that holds the {net}")
+    return kept
+
+
+def check_weights_state(state: Mapping[str, Any], path: str, role: Role, *,
+                        depth: Optional[int], teacher_depth: Optional[int] = None,
+                        num_classes: Optional[int] = None, num_anchors: Optional[int] = None,
+                        what: str = "MODEL.WEIGHTS") -> None:
+    """:func:`check_checkpoint_role` on a loaded file, the role's net taken out of an MGD file
+    first (:func:`select_network`); the depths are the config's (see there)."""
+    role = _as_role(role)
+    if role.prefix:
+        state = strip_prefix(state, role.prefix)
+    check_checkpoint_role(shapes_of(state), path, role, depth=depth, teacher_depth=teacher_depth,
+                          num_classes=num_classes, num_anchors=num_anchors, what=what)
+
+
+def _sample(keys: Sequence[str], n: int = 2) -> str:
+    keys = sorted(keys)
+    return ", ".join(repr(k) for k in keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def check_split(state: Mapping[str, Any], path, role: Role) -> None:
+    """An extraction of one net (``scripts/convert-output-to-d2.py``, ``make convert-all``) of
+    an MGD file: the role's (:attr:`Role.prefix`) keys must be there."""
+    role = _as_role(role)
+    if role not in (Role.STUDENT, Role.TEACHER):
+        raise ValueError(f"an extraction takes the student or the teacher, not {role}")
+    if any(k.startswith(role.prefix) for k in state):
+        return
+    eval_teacher = role is Role.TEACHER
+    name = "teacher (t_net.*)" if eval_teacher else "student (s_net.*)"
+    other = STUDENT_PREFIX if eval_teacher else TEACHER_PREFIX
+    if any(k.startswith(other) for k in state):
+        hint = ("drop --eval-teacher to extract the student" if eval_teacher
+                else "it holds only t_net.* keys; add --eval-teacher for the teacher")
+    else:
+        hint = ("it is not an MGD distillation checkpoint (keys like "
+                f"{_sample(list(state))}); pass a checkpoint written by the MGD training")
+    raise CheckpointError(f"{str(path)!r} has no {name} keys; {hint}")
+
+
+def _check_depth(keys, prefix: str, expected: Optional[int], role: str, path: str,
+                 hint: str) -> Optional[int]:
+    found = resnet_depth(keys, prefix)
+    if expected is None:
+        return found
+    if expected not in DEPTH_LAYOUTS:
+        raise CheckpointError(f"unsupported --{role}-depth {expected}; choose one of "
+                              f"{sorted(DEPTH_LAYOUTS)}")
+    if found != expected:
+        raise CheckpointError(f"{role} {path!r} is {layout_text(keys, prefix)}, not the "
+                              f"ResNet-{expected} that --{role}-depth {expected} asks for; "
+                              f"{hint}")
+    return found
+
+
+def validate_teacher(sd: Mapping[str, Any], path, depth: Optional[int] = None) -> Optional[int]:
+    """Check that ``sd`` is a Detectron2 RetinaNet; return its backbone depth (or None)."""
+    path = str(path)
+    keys = list(sd)
+    if any(k.startswith((TEACHER_PREFIX, STUDENT_PREFIX)) for k in keys):
+        raise CheckpointError(f"teacher {path!r} is already a distillation checkpoint "
+                              "(t_net./s_net. keys); extract the teacher first with "
+                              "scripts/convert-output-to-d2.py IN OUT --eval-teacher")
+    if resnet_layout(keys) is not None or any(k.startswith("layer1.") for k in keys):
+        raise CheckpointError(f"teacher {path!r} is a bare ResNet backbone, not a RetinaNet; "
+                              "pass the base training's output (e.g. model_final.pth of "
+                              "`make base DEPTH=50`)")
+    has_backbone = any(k.startswith(D2_BACKBONE_PREFIX) for k in keys)
+    has_head = any(k.startswith("head.") for k in keys)
+    if not (has_backbone and has_head):
+        missing = " and ".join(n for n, ok in (("backbone.bottom_up.*", has_backbone),
+                                                ("head.*", has_head)) if not ok)
+        raise CheckpointError(f"teacher {path!r} does not look like a Detectron2 RetinaNet "
+                              f"(no {missing} keys; it has e.g. {_sample(keys)}); pass the "
+                              "base RetinaNet training's checkpoint")
+    if resnet_layout(keys, D2_BACKBONE_PREFIX) is None:
+        raise CheckpointError(f"teacher {path!r} has no ResNet stages under "
+                              "backbone.bottom_up.res2-5; pass a RetinaNet with a ResNet "
+                              "backbone")
+    return _check_depth(keys, D2_BACKBONE_PREFIX, depth, "teacher", path,
+                        "pass the base training output of that depth (make base DEPTH=...)")
+
+
+def validate_student(sd: Mapping[str, Any], path, depth: Optional[int] = None) -> Optional[int]:
+    """Check that ``sd`` is a torchvision-converted bare ResNet; return its depth (or None)."""
+    path = str(path)
+    keys = list(sd)
+    if any(k.startswith((TEACHER_PREFIX, STUDENT_PREFIX)) for k in keys):
+        raise CheckpointError(f"student {path!r} is a distillation checkpoint (t_net./s_net. "
+                              "keys), not a backbone; pass the converted torchvision ResNet "
+                              "(e.g. r-18.pkl)")
+    if any(k.startswith(("backbone.", "head.", "proposal_generator.", "roi_heads."))
+           for k in keys):
+        raise CheckpointError(f"student {path!r} is a whole detector (backbone./head. keys), "
+                              "not a bare backbone; pass the torchvision ResNet converted by "
+                              "detectron2/tools/convert-torchvision-to-d2.py (e.g. r-18.pkl)")
+    if any(k.startswith(("layer1.", "layer2.")) for k in keys):
+        raise CheckpointError(f"student {path!r} is an unconverted torchvision state dict "
+                              "(layer1.* keys); convert it first with "
+                              "detectron2/tools/convert-torchvision-to-d2.py IN.pth OUT.pkl")
+    if not any(k.startswith("stem.") for k in keys) or resnet_layout(keys) is None:
+        raise CheckpointError(f"student {path!r} is not a converted ResNet backbone (expected "
+                              f"stem.* and res2.*-res5.* keys, found e.g. {_sample(keys)}); "
+                              "pass the output of convert-torchvision-to-d2.py")
+    return _check_depth(keys, "", depth, "student", path,
+                        "pass the converted torchvision weights of that depth")
+
+
+def check_roles(teacher_depth: Optional[int], student_depth: Optional[int], teacher_path,
+                student_path, allow_shallow_teacher: bool = False) -> None:
+    """Refuse a teacher that is not deeper than the student (MGD distils e.g. R50 -> R18),
+    unless ``allow_shallow_teacher``; depths unknown (None) are not compared."""
+    if allow_shallow_teacher or teacher_depth is None or student_depth is None:
+        return
+    if teacher_depth <= student_depth:
+        raise CheckpointError(
+            f"teacher {str(teacher_path)!r} is a ResNet-{teacher_depth}, not deeper than the student "
+            f"{str(student_path)!r} (ResNet-{student_depth}): MGD distils a deeper teacher into a "
+            "shallower student (the paper: R50 -> R18); pass the R50 base run (`make base DEPTH=50`: "
+            "output/base-R50/model_final.pth), or --allow-shallow-teacher (make: ALLOW_ANY_TEACHER=1) "
+            "to merge it anyway")
+
+
+
+
+def check_merge_inputs(teacher: Mapping[str, Any], student: Mapping[str, Any], teacher_path,
+                       student_path, teacher_depth: Optional[int] = None,
+                       student_depth: Optional[int] = None,
+                       allow_shallow_teacher: bool = False) -> Tuple[Optional[int], Optional[int]]:
+    """The two inputs of a merge (``scripts/merge-models-into-one.py``): a trained RetinaNet
+    teacher, a converted torchvision ResNet student, the teacher deeper (unless
+    ``allow_shallow_teacher``); ``teacher_depth``/``student_depth``: the depths asked for
+    (None: any). Returns the depths read from the keys."""
+    found_teacher = validate_teacher(teacher, teacher_path, teacher_depth)
+    found_student = validate_student(student, student_path, student_depth)
+    check_roles(found_teacher, found_student, teacher_path, student_path, allow_shallow_teacher)
+    return found_teacher, found_student
+
+
+def check_distinct_inputs(teacher_path, student_path) -> None:
+    """A merge of a file with itself is a mistake (checked before either is read)."""
+    if (os.path.isfile(teacher_path) and os.path.isfile(student_path)
+            and os.path.samefile(teacher_path, student_path)):
+        raise CheckpointError(f"TEACHER and STUDENT are the same file {str(teacher_path)!r}: pass "
+                              "the trained RetinaNet teacher (e.g. output/base-R50/model_final.pth) "
+                              "and the student's ImageNet backbone (e.g. weights/r-18.pkl)")
