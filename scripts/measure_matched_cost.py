@@ -77,6 +77,7 @@ def measure(args) -> dict:
     try:
         from detectron2.data import DatasetCatalog, DatasetMapper
         from detectron2.data.mgd_datasets import register_coco_dataset
+        from detectron2.engine.mgd_matching_pass import run_matching_pass
         from detectron2.engine.mgd_setup import load_config
         from detectron2.modeling import build_model
         import detectron2.modeling.backbone.mgd_resnet  # noqa: F401  (registers the backbone)
@@ -109,12 +110,9 @@ def measure(args) -> dict:
     mapper = DatasetMapper(cfg, is_train=False)
 
     start = time.perf_counter()
-    model.reset_matching()
-    with torch.no_grad():
-        for batch in batches(dataset_dicts, mapper, args.batch_size):
-            model.accumulate_matching(batch)
+    costs = run_matching_pass(model, batches(dataset_dicts, mapper, args.batch_size),
+                              -(-len(dataset_dicts) // args.batch_size), label=f"matched cost on {split}")
     images = int(model.distiller.images_seen)
-    costs = model.finish_matching()
     if images != len(dataset_dicts):
         raise MeasureError(f"the matching pass saw {images} images of {len(dataset_dicts)}")
     return {"costs": costs, "images": images, "dataset": split, "teacher": args.teacher,

@@ -12,10 +12,15 @@ from test_scripts_support import converted_student, d2_resnet_keys, retinanet_st
 
 from mgd.checkpoint import (
     CheckpointError,
+    Role,
     check_checkpoint_role,
+    check_model_load,
+    check_weights_path,
+    check_weights_state,
     checkpoint_kind,
     match_keys,
     plan_load,
+    select_network,
     strip_prefix,
 )
 
@@ -70,22 +75,22 @@ def test_checkpoint_kinds():
 
 # ---- MGD training ---------------------------------------------------------------------------
 
-MGD = dict(mgd=True, depth=18, teacher_depth=50, num_classes=4)
+MGD = dict(depth=18, teacher_depth=50, num_classes=4)
 
 
 def test_mgd_training_accepts_the_merged_file_and_its_own_output():
-    accepted(merged(), "train", **MGD)
-    accepted(distilled(), "train", **MGD)
+    accepted(merged(), Role.MGD_TRAINING, **MGD)
+    accepted(distilled(), Role.MGD_TRAINING, **MGD)
 
 
 def test_mgd_training_refuses_teacher_and_student_swapped():
-    message = refused(merged(teacher_depth=18, student_depth=50), "train", **MGD)
+    message = refused(merged(teacher_depth=18, student_depth=50), Role.MGD_TRAINING, **MGD)
     assert "teacher (t_net.*) is ResNet-18" in message and "MGD.TEACHER.DEPTH" in message
     assert "the student where the teacher is expected" in message
 
 
 def test_mgd_training_refuses_a_student_of_the_wrong_depth():
-    message = refused(merged(student_depth=34), "train", **MGD)
+    message = refused(merged(student_depth=34), Role.MGD_TRAINING, **MGD)
     assert "student (s_net.*) is ResNet-34" in message and "ResNet-18" in message
 
 
@@ -97,38 +102,38 @@ def test_mgd_training_refuses_a_student_of_the_wrong_depth():
      "no detection head"),
 ])
 def test_mgd_training_refuses_files_without_a_whole_teacher(shapes, words):
-    assert words in refused(shapes, "train", **MGD)
+    assert words in refused(shapes, Role.MGD_TRAINING, **MGD)
 
 
 def test_mgd_training_refuses_a_file_without_the_students_backbone():
     teacher_only = detector(50, 4, "t_net.")
-    assert "no student backbone (s_net.backbone.bottom_up.* keys)" in refused(teacher_only, "train", **MGD)
+    assert "no student backbone (s_net.backbone.bottom_up.* keys)" in refused(teacher_only, Role.MGD_TRAINING, **MGD)
     misplaced = {**detector(50, 4, "t_net."), **backbone(18, "s_net.bottom_up.")}  # a wrong prefix
-    assert "no student backbone" in refused(misplaced, "train", **MGD)
+    assert "no student backbone" in refused(misplaced, Role.MGD_TRAINING, **MGD)
 
 
 def test_mgd_training_never_reinitialises_the_teachers_classifier():
-    message = refused(merged(classes=80), "train", **MGD)
+    message = refused(merged(classes=80), Role.MGD_TRAINING, **MGD)
     assert "80 classes" in message and "NUM_CLASSES 4" in message and "never" in message
 
 
 # ---- evaluation -----------------------------------------------------------------------------
 
 def test_evaluation_of_the_right_net_is_accepted():
-    accepted(detector(18), "eval-student", mgd=True, depth=18, num_classes=4)
-    accepted(detector(50), "eval-teacher", mgd=True, depth=50, num_classes=4)
-    accepted(strip_prefix(distilled(), "s_net."), "eval-student", mgd=True, depth=18)
-    accepted(strip_prefix(distilled(), "t_net."), "eval-teacher", mgd=True, depth=50)
+    accepted(detector(18), Role.STUDENT, depth=18, num_classes=4)
+    accepted(detector(50), Role.TEACHER, depth=50, num_classes=4)
+    accepted(strip_prefix(distilled(), "s_net."), Role.STUDENT, depth=18)
+    accepted(strip_prefix(distilled(), "t_net."), Role.TEACHER, depth=50)
 
 
 def test_evaluation_refuses_the_teacher_where_the_student_is_expected():
-    message = refused(detector(50), "eval-student", mgd=True, depth=18, num_classes=4)
+    message = refused(detector(50), Role.STUDENT, depth=18, num_classes=4)
     assert "ResNet-50" in message and "the student being evaluated is ResNet-18" in message
     assert "a teacher where the student is expected" in message and "--eval-teacher" in message
 
 
 def test_evaluation_refuses_the_student_where_the_teacher_is_expected():
-    message = refused(detector(18), "eval-teacher", mgd=True, depth=50, num_classes=4)
+    message = refused(detector(18), Role.TEACHER, depth=50, num_classes=4)
     assert "the teacher being evaluated is ResNet-50" in message
     assert "the student where the teacher is expected" in message
     assert "drop --eval-teacher" in message
@@ -136,25 +141,25 @@ def test_evaluation_refuses_the_student_where_the_teacher_is_expected():
 
 def test_evaluation_refuses_networks_without_a_trained_head():
     merged_student = strip_prefix(merged(), "s_net.")
-    assert "merged input" in refused(merged_student, "eval-student", mgd=True, depth=18)
-    assert "a backbone" in refused(backbone(18), "eval-student", mgd=False, depth=18)
+    assert "merged input" in refused(merged_student, Role.STUDENT, depth=18)
+    assert "a backbone" in refused(backbone(18), Role.RETINANET, depth=18)
 
 
 def test_evaluation_refuses_another_class_count_but_training_accepts_it():
-    message = refused(detector(18, classes=80), "eval-student", mgd=False, depth=18, num_classes=4)
+    message = refused(detector(18, classes=80), Role.RETINANET, depth=18, num_classes=4)
     assert "trained for 80 classes" in message and "NUM_CLASSES 4" in message
-    accepted(detector(18, classes=80), "train", mgd=False, depth=18, num_classes=4)
+    accepted(detector(18, classes=80), Role.RETINANET_TRAINING, depth=18, num_classes=4)
 
 
 def test_plain_runs_refuse_distillation_files_and_other_depths():
-    assert "extract one net" in refused(merged(), "train", mgd=False, depth=18)
-    assert "plain RetinaNet" in refused(distilled(), "eval-student", mgd=False, depth=18)
-    message = refused(backbone(50), "train", mgd=False, depth=18)
+    assert "extract one net" in refused(merged(), Role.RETINANET_TRAINING, depth=18)
+    assert "plain RetinaNet" in refused(distilled(), Role.RETINANET, depth=18)
+    message = refused(backbone(50), Role.RETINANET_TRAINING, depth=18)
     assert "ResNet-50" in message and "ResNet-18" in message
-    assert "unconverted torchvision" in refused({"layer1.0.conv1.weight": (1,)}, "train",
-                                                mgd=False, depth=18)
-    accepted(backbone(18), "train", mgd=False, depth=18)
-    accepted(detector(18), "train", mgd=False, depth=18)
+    assert "unconverted torchvision" in refused({"layer1.0.conv1.weight": (1,)}, Role.RETINANET_TRAINING,
+                                                depth=18)
+    accepted(backbone(18), Role.RETINANET_TRAINING, depth=18)
+    accepted(detector(18), Role.RETINANET_TRAINING, depth=18)
 
 
 # ---- key matching, as Detectron2's loader pairs keys ----------------------------------------
@@ -184,41 +189,41 @@ def test_match_keys_follows_the_suffix_rule():
 
 # ---- every tensor against the model ---------------------------------------------------------
 
-def plan(model, ckpt, role, mgd=False, heuristics=False):
-    return plan_load(model, ckpt, "w.pkl", role, mgd=mgd, heuristics=heuristics)
+def plan(model, ckpt, role, heuristics=False):
+    return plan_load(model, ckpt, "w.pkl", role, heuristics=heuristics)
 
 
-def plan_refused(model, ckpt, role, mgd=False):
+def plan_refused(model, ckpt, role):
     with pytest.raises(CheckpointError) as info:
-        plan(model, ckpt, role, mgd)
+        plan(model, ckpt, role)
     assert "\n" not in str(info.value) and "'w.pkl'" in str(info.value)
     return str(info.value)
 
 
 def test_identical_shapes_load_as_they_are():
-    assert plan(detector(18), detector(18), "eval-student") == []
-    assert plan(distilled(), merged(), "train", mgd=True) == []
+    assert plan(detector(18), detector(18), Role.RETINANET) == []
+    assert plan(distilled(), merged(), Role.MGD_TRAINING) == []
 
 
 def test_fine_tuning_on_another_label_set_reinitialises_only_the_classifier():
-    assert plan(detector(18, 4), detector(18, 80), "train") == [
+    assert plan(detector(18, 4), detector(18, 80), Role.RETINANET_TRAINING) == [
         "head.cls_score.bias", "head.cls_score.weight"]
     assert plan(distilled(classes=4), {**merged(classes=4), **detector(18, 80, "s_net.")},
-                "train", mgd=True) == ["s_net.head.cls_score.bias", "s_net.head.cls_score.weight"]
+                Role.MGD_TRAINING) == ["s_net.head.cls_score.bias", "s_net.head.cls_score.weight"]
 
 
 def test_classifier_mismatch_is_refused_at_evaluation_and_for_the_teacher():
-    message = plan_refused(detector(18, 4), detector(18, 80), "eval-student")
+    message = plan_refused(detector(18, 4), detector(18, 80), Role.RETINANET)
     assert "'head.cls_score.bias' has shape (720,) in the file and (36,) in the model" in message
     assert "another number of classes" in message
-    message = plan_refused(distilled(classes=4), merged(classes=80), "train", mgd=True)
+    message = plan_refused(distilled(classes=4), merged(classes=80), Role.MGD_TRAINING)
     assert "does not fit the teacher" in message and "'t_net.head.cls_score.bias'" in message
 
 
 def test_any_other_shape_mismatch_is_refused_naming_the_first_tensor():
     ckpt = detector(18, 80)
     ckpt["backbone.fpn_lateral3.weight"] = (128, 64, 1, 1)
-    message = plan_refused(detector(18, 4), ckpt, "train")
+    message = plan_refused(detector(18, 4), ckpt, Role.RETINANET_TRAINING)
     assert "'backbone.fpn_lateral3.weight' has shape (128, 64, 1, 1) in the file and (1,)" in message
     assert "3 tensors differ" in message and "the RetinaNet being trained" in message
 
@@ -226,16 +231,16 @@ def test_any_other_shape_mismatch_is_refused_naming_the_first_tensor():
 def test_missing_tensors():
     heads = [k for k in detector(18) if k.startswith("head.")]
     no_head = {k: v for k, v in detector(18).items() if k not in heads}
-    assert plan(detector(18), no_head, "train") == []  # ImageNet backbone into a fresh detector
-    message = plan_refused(detector(18), no_head, "eval-student")
+    assert plan(detector(18), no_head, Role.RETINANET_TRAINING) == []  # ImageNet backbone into a fresh detector
+    message = plan_refused(detector(18), no_head, Role.RETINANET)
     assert f"lacks tensor {sorted(heads)[0]!r} and {len(heads) - 1} more" in message
     incomplete = merged()
     del incomplete["t_net.head.bbox_pred.bias"]
     assert "the teacher, which MGD training needs whole" in plan_refused(
-        distilled(), incomplete, "train", mgd=True)
+        distilled(), incomplete, Role.MGD_TRAINING)
     no_stem = merged()
     del no_stem["s_net.backbone.bottom_up.stem.conv1.weight"]
-    message = plan_refused(distilled(), no_stem, "train", mgd=True)
+    message = plan_refused(distilled(), no_stem, Role.MGD_TRAINING)
     assert "'s_net.backbone.bottom_up.stem.conv1.weight'" in message
     assert "the student's backbone, which MGD training starts from" in message
 
@@ -243,4 +248,76 @@ def test_missing_tensors():
 def test_config_buffers_are_not_compared():
     model = {**detector(18), "pixel_mean": (3, 1, 1), "anchor_generator.cell_anchors.0": (9, 4)}
     ckpt = {**detector(18), "pixel_mean": (1, 1, 1)}
-    assert plan(model, ckpt, "eval-student") == []
+    assert plan(model, ckpt, Role.RETINANET) == []
+
+
+# ---- roles and paths ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mgd, eval_only, eval_teacher, role", [
+    (True, False, False, Role.MGD_TRAINING),        # make distill, the probe
+    (False, False, False, Role.RETINANET_TRAINING),  # make base
+    (True, True, False, Role.STUDENT),              # make eval
+    (True, True, True, Role.TEACHER),               # make eval EVAL_TEACHER=1
+    (False, True, False, Role.RETINANET),           # evaluating a base run
+])
+def test_the_role_of_a_run(mgd, eval_only, eval_teacher, role):
+    assert Role.of_run(mgd=mgd, eval_only=eval_only, eval_teacher=eval_teacher) is role
+    assert role.mgd is mgd and role.training is (not eval_only)
+
+
+def test_eval_teacher_needs_an_mgd_config():
+    with pytest.raises(CheckpointError, match="--eval-teacher needs an MGD config"):
+        Role.of_run(mgd=False, eval_only=True, eval_teacher=True)
+
+
+def test_the_role_a_loader_serves_by_default():
+    assert Role.of_loader(detector(18), "t_net.") is Role.TEACHER
+    assert Role.of_loader(detector(18), "s_net.") is Role.STUDENT
+    assert Role.of_loader(distilled()) is Role.MGD_TRAINING
+    assert Role.of_loader(detector(18)) is Role.RETINANET_TRAINING
+    assert (Role.TEACHER.prefix, Role.STUDENT.prefix, Role.RETINANET.prefix) == ("t_net.", "s_net.", "")
+
+
+def test_roles_are_not_strings():
+    with pytest.raises(TypeError):
+        check_checkpoint_role(detector(18), "w.pkl", "eval-student", depth=18)
+
+
+def test_weights_paths(tmp_path):
+    weights = tmp_path / "w.pkl"
+    assert check_weights_path("", Role.RETINANET_TRAINING) is False  # random initialisation
+    for role, hint in ((Role.MGD_TRAINING, "make merge"), (Role.STUDENT, "make convert-all"),
+                       (Role.TEACHER, "EVAL_TEACHER=1")):
+        with pytest.raises(CheckpointError, match="MODEL.WEIGHTS is empty: this run needs trained weights"):
+            check_weights_path("", role)
+        with pytest.raises(CheckpointError, match=f"{weights} not found; .*{hint}"):
+            check_weights_path(str(weights), role)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        check_weights_path(str(tmp_path), Role.RETINANET)
+    assert check_weights_path("detectron2://ImageNetPretrained/MSRA/R-50.pkl", Role.RETINANET_TRAINING) is False
+    weights.write_bytes(b"x")
+    assert check_weights_path(str(weights), Role.STUDENT) is True
+
+
+def test_select_network_takes_one_net_of_an_mgd_file():
+    assert set(select_network(distilled(), "w.pkl", Role.TEACHER)) == set(detector(50))
+    assert set(select_network(distilled(), "w.pkl", Role.STUDENT)) == set(detector(18))
+    assert select_network(detector(18), "w.pkl", Role.STUDENT) == detector(18)  # a split file
+    assert select_network(merged(), "w.pkl", Role.MGD_TRAINING) == merged()
+    with pytest.raises(CheckpointError, match="without s_net.\\* tensors"):
+        select_network(detector(50, 4, "t_net."), "w.pkl", Role.STUDENT)
+
+
+def test_check_weights_state_judges_the_roles_net():
+    check_weights_state(distilled(), "w.pkl", Role.TEACHER, depth=50)
+    with pytest.raises(CheckpointError, match="the student being evaluated is ResNet-50"):
+        check_weights_state(distilled(), "w.pkl", Role.STUDENT, depth=50)
+
+
+def test_check_model_load_reads_the_depths_from_the_model():
+    assert check_model_load(distilled(), merged(), "w.pkl", Role.MGD_TRAINING, heuristics=False) == []
+    with pytest.raises(CheckpointError, match="its teacher \\(t_net.\\*\\) is ResNet-18"):
+        check_model_load(distilled(), merged(teacher_depth=18, student_depth=50), "w.pkl",
+                         Role.MGD_TRAINING, heuristics=False)
+    module = {"module." + k: v for k, v in detector(18).items()}  # a DistributedDataParallel save
+    assert check_model_load(detector(18), module, "w.pkl", Role.RETINANET, heuristics=False) == []

@@ -30,6 +30,7 @@ from test_d2_support import (  # noqa: E402
 
 from mgd.checkpoint import (  # noqa: E402
     CheckpointError,
+    Role,
     is_random_init,
     load_checkpoint_object,
     match_keys,
@@ -146,7 +147,7 @@ def test_evaluation_never_reinitialises_the_classifier(files):
     model = build(files["root"], R18, ["MODEL.RETINANET.NUM_CLASSES", "7"])
     with pytest.raises(CheckpointError, match=r"'head.cls_score.bias' has shape \(36,\) in the "
                                               r"file and \(63,\) in the model"):
-        checkpointer(model, role="eval-student").load(str(files["student.pkl"]))
+        checkpointer(model, role=Role.RETINANET).load(str(files["student.pkl"]))
 
 
 def test_random_init_weights_say_so_and_stay_marked(files, tmp_path, caplog):

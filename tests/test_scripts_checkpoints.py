@@ -297,3 +297,49 @@ def test_save_refuses_non_arrays_before_writing(tmp_path):
 
 def test_error_messages_are_single_lines():
     assert str(cio.CheckpointError("a\nb\n\n  c")) == "a b c"
+
+
+# ---- one module decides (mgd.checkpoint.strict) ---------------------------------------------
+
+def test_every_checkpoint_script_asks_the_strict_module(tmp_path, monkeypatch, capsys):
+    """merge, convert and convert_all refuse what mgd.checkpoint.strict refuses, and nothing
+    else: with its rules replaced by "refuse everything", each script ends on that one line;
+    with the rules in place, the same good files pass."""
+    import mgd.checkpoint.strict as strict
+
+    write_pickle(tmp_path / "t50.pkl", d2_pickle(retinanet_state_dict(50)))
+    write_pickle(tmp_path / "r-18.pkl", converted_student(18))
+    merge = load_script("merge-models-into-one.py")
+    convert = load_script("convert-output-to-d2.py")
+    convert_all = load_script("convert_all.py")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def run_all():
+        rcs = [run_cli(merge.main, [str(tmp_path / "t50.pkl"), str(tmp_path / "r-18.pkl"),
+                                    str(out / "merged.pth")])]
+        if not (out / "merged.pth").exists():  # the refused merge wrote nothing: use a good file
+            write_pickle(out / "merged.pth", d2_pickle(cio.merge_teacher_student(
+                retinanet_state_dict(50), converted_student(18)["model"])))
+        rcs.append(run_cli(convert.main, [str(out / "merged.pth"), str(tmp_path / "student.pkl")]))
+        rcs.append(run_cli(convert_all.main, [str(out), "--eval-teacher"]))
+        return rcs, capsys.readouterr().err
+
+    rcs, err = run_all()
+    assert rcs == [0, 0, 0], err
+
+    def refuse(*args, **kwargs):
+        raise cio.CheckpointError("strict says no")
+
+    for rule in ("validate_teacher", "check_split"):
+        monkeypatch.setattr(strict, rule, refuse)
+    for produced in ("student.pkl",):
+        (tmp_path / produced).unlink()
+    for produced in ("merged.pth", "merged.teacher.pkl"):
+        (out / produced).unlink()
+    rcs, err = run_all()
+    assert rcs == [2, 2, 2]
+    assert [line for line in err.splitlines() if line.startswith("error: ")][:2] == [
+        "error: strict says no", "error: strict says no"]
+    assert "error: strict says no" in err.splitlines()[2]
+    assert not (tmp_path / "student.pkl").exists() and not (out / "merged.teacher.pkl").exists()

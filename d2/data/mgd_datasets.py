@@ -15,6 +15,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.mgd_coco_checks import CocoCheck, check_coco_set, read_coco_json
 
+from mgd.errors import UserError
+
 __all__ = ["DatasetError", "register_coco_dataset", "check_datasets", "coco_categories", "dataset_sizes"]
 
 #: a JSON this large (bytes) gets a "reading ..." line first: its parse takes seconds

@@ -7,7 +7,6 @@ number of ``UPDATE_SLOW_STEP`` entries <= iteration. Defaults for a 90k run: 0, 
 15k, 31k, 62k.
 """
 import bisect
-import datetime
 import hashlib
 import json
 import logging
@@ -15,7 +14,7 @@ import os
 import time
 from typing import List, Sequence
 
-from detectron2.engine.mgd_progress import PROGRESS
+from detectron2.engine.mgd_matching_pass import run_matching_pass
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 from detectron2.utils.mgd_compat import training_data_iter
@@ -73,10 +72,6 @@ def assignment_digest(distiller) -> str:
         h.update(name.encode())
         h.update(assignment.detach().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _format_seconds(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(round(seconds))))
 
 
 class MGDMatchingHook(HookBase):
@@ -153,28 +148,12 @@ class MGDMatchingHook(HookBase):
         trainer = self.trainer
         model = unwrap_model(trainer.model)
         iteration, total, rank = trainer.iter, self.plan.batches, comm.get_rank()
-        was_training = trainer.model.training
-        trainer.model.eval()
         start = time.perf_counter()
-        try:
-            model.reset_matching()
-            data = training_data_iter(trainer)
-            for done in range(1, total + 1):
-                batch = next(data)  # every rank draws: the streams stay aligned
-                taken = self.plan.images_taken(rank, done - 1)
-                if taken:
-                    model.accumulate_matching(batch[:taken])
-                if done < total and PROGRESS.due():  # the end has its own line below
-                    elapsed = time.perf_counter() - start
-                    eta = elapsed / done * (total - done)
-                    logger.info(
-                        f"MGD matching at iteration {iteration}: {done}/{total} batches, "
-                        f"{_format_seconds(elapsed)} elapsed, ETA {_format_seconds(eta)}"
-                    )
-                    PROGRESS.mark()
-            costs = model.finish_matching()
-        finally:
-            trainer.model.train(was_training)
+        # every rank draws all the plan's batches (the streams stay aligned), and keeps the
+        # images of its share of the pass
+        costs = run_matching_pass(model, training_data_iter(trainer), total,
+                                  images_taken=lambda index: self.plan.images_taken(rank, index),
+                                  label=f"MGD matching at iteration {iteration}", mode_of=trainer.model)
         statistic = model.distiller.last_statistic
         seconds = time.perf_counter() - start
         self._latest_scalars = {f"mgd/cost_{name}": cost for name, cost in costs.items()}

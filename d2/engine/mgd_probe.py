@@ -15,6 +15,7 @@ import torch
 
 from detectron2.data import build_detection_train_loader
 from detectron2.engine.mgd_checkpointer import MGDCheckpointer
+from detectron2.engine.mgd_matching_pass import run_matching_pass
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
@@ -67,10 +68,7 @@ def probe_loss_factors(cfg, target: float = 0.02, iters: int = 1, matching_batch
     data = iter(build_detection_train_loader(cfg))
     model.eval()
     model.update_margins()
-    model.reset_matching()
-    for _ in range(matching_batches):
-        model.accumulate_matching(next(data))
-    model.finish_matching()
+    run_matching_pass(model, data, matching_batches, label="MGD loss-factor probe's matching pass")
     sums: Dict[str, float] = {}
     for _ in range(iters):
         for name, value in model.distillation_losses(next(data)).items():

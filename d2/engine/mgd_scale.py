@@ -23,6 +23,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from mgd.errors import UserError
+
 __all__ = ["ScaleError", "apply_scale", "parse_scale", "COCO_MAX_RATIO", "SIZE_KEYS"]
 
 COCO_MAX_RATIO = 1333 / 800
