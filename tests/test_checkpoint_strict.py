@@ -321,3 +321,13 @@ def test_check_model_load_reads_the_depths_from_the_model():
                          Role.MGD_TRAINING, heuristics=False)
     module = {"module." + k: v for k, v in detector(18).items()}  # a DistributedDataParallel save
     assert check_model_load(detector(18), module, "w.pkl", Role.RETINANET, heuristics=False) == []
+
+
+def test_a_scripts_input_gets_no_train_net_flags_in_its_hint():
+    """scripts/measure_matched_cost.py names its input "teacher checkpoint": the hint names
+    the depth, not --eval-teacher (a train_net.py flag)."""
+    with pytest.raises(CheckpointError) as info:
+        check_checkpoint_role(detector(18), "w.pkl", Role.TEACHER, depth=50, what="teacher checkpoint")
+    message = str(info.value)
+    assert message.startswith("teacher checkpoint 'w.pkl' is ResNet-18")
+    assert "pass the teacher's checkpoint (ResNet-50)" in message and "--eval-teacher" not in message

@@ -151,5 +151,6 @@ def test_matched_cost_refuses_a_wrong_teacher(demo, tmp_path):
     )
     assert run.returncode == 2, run.stderr[-2000:]
     error = run.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: teacher checkpoint") and ("shape" in error or "lacks" in error), error
+    assert error.startswith("error: teacher checkpoint") and "is ResNet-18" in error, error
+    assert "but the teacher being evaluated is ResNet-50; pass the teacher's checkpoint" in error, error
     assert not out.exists()

@@ -212,3 +212,46 @@ def test_check_config_of_a_plain_retinanet():
         check_config(load_config(str(R18_DEMO), ["MODEL.RESNETS.DEPTH", "19"]))
     with pytest.raises(ConfigError, match="--probe-loss-factors needs an MGD config"):
         check_config(load_config(str(R18_DEMO), []), probe=True)
+
+
+# ---- one error type, one handler ---------------------------------------------------------------
+
+#: entry points that check a build, not a user's input: their failures keep their own lines
+OWN_ERROR_LINES = {"check_cuda_build.py", "run_detectron2_tests.py"}
+
+
+@pytest.mark.detectron2
+def test_every_user_error_class_is_a_user_error():
+    """Each class whose one line reaches the user derives from mgd.errors.UserError, so the one
+    handler (mgd.cli.run_cli) turns it into ``error: ...`` and exit code 2."""
+    import importlib
+
+    from mgd.errors import UserError
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        found = {}
+        for module, name in (("mgd.checkpoint", "CheckpointError"),
+                             ("detectron2.engine.mgd_scale", "ScaleError"),
+                             ("detectron2.engine.mgd_setup", "ConfigError"),
+                             ("detectron2.data.mgd_datasets", "DatasetError"),
+                             ("plot_runs", "PlotError"), ("cuda_build_env", "BuildEnvError"),
+                             ("measure_matched_cost", "MeasureError"),
+                             ("summarize_results", "ResultsError"),
+                             ("synthetic_coco", "SyntheticDataError")):
+            found[name] = getattr(importlib.import_module(module), name)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    assert [n for n, cls in found.items() if not issubclass(cls, UserError)] == []
+
+
+def test_entry_points_leave_error_lines_to_the_one_handler():
+    """No entry point prints its own ``error:`` line for a user error: it raises, and
+    mgd.cli.run_cli (train_net.py's too) prints it."""
+    import re
+
+    own = re.compile(r"""print\(f?["']error""")
+    files = [REPO / "train_net.py", *sorted((REPO / "scripts").glob("*.py"))]
+    printing = [f.name for f in files if f.name not in OWN_ERROR_LINES and own.search(f.read_text())]
+    assert printing == []
+    assert "sys.exit(run_cli(run))" in (REPO / "train_net.py").read_text()

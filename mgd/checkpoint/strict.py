@@ -268,7 +268,9 @@ def check_checkpoint_role(shapes: Shapes, path: str, role: Role, *,
                 else "it is a backbone, not a trained RetinaNet")
         raise CheckpointError(f"{name} has no detection head (head.* keys) for {who}; {hint}")
     if depth is not None and found != depth:
-        if role is Role.STUDENT:
+        if what != "MODEL.WEIGHTS":  # a script's input (measure_matched_cost.py): no train_net flags
+            hint = f"pass the {role.value}'s checkpoint (ResNet-{depth})"
+        elif role is Role.STUDENT:
             hint = ("a teacher where the student is expected? add --eval-teacher (make eval "
                     "EVAL_TEACHER=1 reads model_final.teacher.pkl) or pass the student's weights")
         elif role is Role.TEACHER:
