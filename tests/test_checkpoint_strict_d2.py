@@ -167,6 +167,40 @@ def test_random_init_weights_say_so_and_stay_marked(files, tmp_path, caplog):
     assert is_random_init(load_checkpoint_object(tmp_path / "marked" / "model_final.pth"))
 
 
+# ---- one module decides (mgd.checkpoint.strict) --------------------------------------------
+
+def test_the_loaders_refuse_what_the_strict_module_refuses(files, monkeypatch):
+    """The config check (train_net.py's), MGDCheckpointer and measure_matched_cost.py's loader
+    all ask mgd.checkpoint.strict: with its kind/depth rule replaced by "refuse everything",
+    files they accept are refused with its line."""
+    import importlib.util
+
+    import mgd.checkpoint.strict as strict
+    from detectron2.engine.mgd_checkpointer import check_weights_for_config
+
+    model = build(files["root"], MGD)
+    cfg = load_cfg(files["root"], MGD, ["MODEL.WEIGHTS", str(files["T50-S18.pkl"])])
+    spec = importlib.util.spec_from_file_location("measure_matched_cost",
+                                                  REPO / "scripts" / "measure_matched_cost.py")
+    measure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure)
+    loads = {
+        "config": lambda: check_weights_for_config(cfg, Role.MGD_TRAINING),
+        "checkpointer": lambda: checkpointer(model).load(str(files["T50-S18.pkl"])),
+        "measure": lambda: measure.load_network(model.t_net, str(files["teacher.pkl"]), Role.TEACHER),
+    }
+    for load in loads.values():
+        load()  # the rules in place: accepted
+
+    def refuse(*args, **kwargs):
+        raise CheckpointError("strict says no")
+
+    monkeypatch.setattr(strict, "check_checkpoint_role", refuse)
+    for name, load in loads.items():
+        with pytest.raises(CheckpointError, match="strict says no"):
+            load()
+
+
 # ---- through train_net.py -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
