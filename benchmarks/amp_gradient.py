@@ -32,6 +32,7 @@ from typing import Dict, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from mgd.bootstrap import use_detectron2  # noqa: E402
+from mgd.checkpoint import TEACHER_PREFIX  # noqa: E402
 
 use_detectron2(str(ROOT))  # the checkout `make` names (DETECTRON2=pin|latest), else detectron2/
 
@@ -108,7 +109,7 @@ def distillation_gradient(model, batch, dtype=None, init_scale: float = 2.0 ** 1
     from detectron2.utils.events import EventStorage
 
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    assert not any(n.startswith("t_net.") for n in params)
+    assert not any(n.startswith(TEACHER_PREFIX) for n in params)
     model.zero_grad(set_to_none=True)
     seen = {}
     norm = model.s_net.backbone.bottom_up.res2[0].conv1.norm  # its input: the convolution's output

@@ -153,12 +153,14 @@ def test_the_matching_pass_reports_on_the_same_30_s_schedule(mgd_lines, monkeypa
                           SOLVER=SimpleNamespace(IMS_PER_BATCH=2), OUTPUT_DIR=str(tmp_path))
     hook = MGDMatchingHook(cfg)
     batches = iter([[i, i] for i in range(100)])
-    hook.trainer = SimpleNamespace(model=_FakeMatchingModel(fake), iter=0, _data_loader_iter=batches)
+    model = _FakeMatchingModel(fake)
+    hook.trainer = SimpleNamespace(model=model, iter=0, _data_loader_iter=batches)
     hook.update_matching()
     # batches end at 12, 24, 36 (36 s silent: a line), 48, 60, 72 (36 s), 84, 96, 108 (36 s), 120 (the end)
     progress = [line.split(": ", 1)[1].split(",")[0] for line in mgd_lines() if "ETA" in line]
     assert progress == ["3/10 batches", "6/10 batches", "9/10 batches"]
     assert "MGD matching at iteration 0 done" in mgd_lines()[-1]
+    assert model.distiller.images_seen == 10 and model.training  # every batch; train mode restored
 
 
 # ------------------------------------------------------------------ the screen
