@@ -156,14 +156,8 @@ detectron2: install ## clone Detectron2 at DETECTRON2's commit (pin: PR #1820; l
 	bash scripts/get_detectron2.sh $(DETECTRON2_DIR) $(DETECTRON2_REPO) $(DETECTRON2_COMMIT) $(DETECTRON2_EXTRA_REQUIREMENTS)
 
 .PHONY: overlay
-overlay: ## copy d2/ modules (d2/X/y.py -> detectron2/X/y.py) and configs/ into the Detectron2 checkout (idempotent)
-	@test -d $(D2_PACKAGE) || { echo "error: $(DETECTRON2_DIR) is missing; run 'make detectron2$(if $(filter latest,$(DETECTRON2)), DETECTRON2=latest)' first" >&2; exit 2; }
-	@n=0; for f in $$(cd d2 && find . -name '*.py' | sort); do f=$${f#./}; \
-	    cmp -s "d2/$$f" "$(D2_PACKAGE)/$$f" || { cp "d2/$$f" "$(D2_PACKAGE)/$$f"; echo "copied d2/$$f -> $(D2_PACKAGE)/$$f"; n=$$((n+1)); }; \
-	done; \
-	for f in configs/*.yaml; do [ -e "$$f" ] || continue; \
-	    cmp -s "$$f" "$(D2_CONFIGS)/$$(basename $$f)" || { cp "$$f" "$(D2_CONFIGS)/"; echo "copied $$f -> $(D2_CONFIGS)/"; n=$$((n+1)); }; \
-	done; echo "overlay: $$n files copied, the rest already up to date"
+overlay: ## copy d2/ modules (d2/X/y.py -> detectron2/X/y.py) and configs/ into the Detectron2 checkout (idempotent; train_net.py and the scripts refresh a stale copy themselves)
+	@$(PYTHON) scripts/overlay.py $(DETECTRON2_DIR) --make-hint "make detectron2$(if $(filter latest,$(DETECTRON2)), DETECTRON2=latest)"
 
 # `make test` tests both Detectron2 targets: the whole suite on the pin (and the pin's own tests),
 # then the Detectron2 tests on today's Detectron2 (and its own tests), which it builds first when

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 from mgd.gpu_report import StepResult, environment, parse_junit, read_training_run, write_report  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NCCL_OPTS = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "6", "SOLVER.WARMUP_ITERS", "2", "SOLVER.AMP.ENABLED", "True",
              "MGD.UPDATE_ITER", "15", "MGD.UPDATE_FREQ", "[3, 6]", "MGD.UPDATE_SLOW_STEP", "[100]",

@@ -14,8 +14,7 @@ train_net.py --dataset mgd_synth_train OUT/annotations/instances_train.json OUT/
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from mgd.cli import OneLineArgumentParser  # noqa: E402
 from synthetic_coco import SynthConfig, SyntheticDataError, write_dataset  # noqa: E402

@@ -47,7 +47,7 @@ import os
 import sys
 from collections import OrderedDict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from mgd.checkpoint import CheckpointError, atomic_write  # noqa: E402
 from mgd.cli import OneLineArgumentParser  # noqa: E402

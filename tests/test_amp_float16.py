@@ -21,7 +21,7 @@ pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importa
 
 import torch  # noqa: E402
 
-from test_d2_support import REPO  # noqa: E402
+from d2_support import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from amp_gradient import measure  # noqa: E402

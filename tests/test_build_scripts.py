@@ -12,7 +12,7 @@ import numpy
 import pytest
 import torch
 
-from test_d2_support import CHECKOUT, REPO
+from d2_support import CHECKOUT, REPO
 
 SCRIPTS = REPO / "scripts"
 

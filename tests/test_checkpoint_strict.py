@@ -1,14 +1,14 @@
 """Which checkpoint may start which run (mgd.checkpoint.strict), on key names and shapes only.
 
 The checkpoints are built here from the key names of Detectron2's ResNet/RetinaNet (the
-builders of test_scripts_support, checked there against torchvision and the converter);
+builders of scripts_support, checked there against torchvision and the converter);
 the expected verdicts are the rules of docs/checkpoints.md, written out case by case.
 Framework-free: no Detectron2, no torch.
 """
 
 import pytest
 
-from test_scripts_support import converted_student, d2_resnet_keys, retinanet_state_dict
+from scripts_support import converted_student, d2_resnet_keys, retinanet_state_dict
 
 from mgd.checkpoint import (
     CheckpointError,

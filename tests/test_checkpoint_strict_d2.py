@@ -18,7 +18,7 @@ pytest.importorskip("detectron2.modeling", reason="Detectron2 not built here (ru
 
 import torch  # noqa: E402
 
-from test_d2_support import (  # noqa: E402
+from d2_support import (  # noqa: E402
     REPO,
     TINY_INPUT,
     import_overlay,

@@ -12,7 +12,7 @@ from detectron2.config import CfgNode, get_cfg  # noqa: E402
 from detectron2.solver import build_optimizer  # noqa: E402
 from torch import nn  # noqa: E402
 
-from test_d2_support import load_cfg  # noqa: E402
+from d2_support import load_cfg  # noqa: E402
 
 from mgd.config import add_mgd_config  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 pytestmark = pytest.mark.detectron2
 pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
-from test_d2_support import CHECKOUT, REPO, config_dir, import_overlay  # noqa: E402
+from d2_support import CHECKOUT, REPO, config_dir, import_overlay  # noqa: E402
 
 import_overlay()
 

@@ -46,7 +46,8 @@ def make_tree(root: Path, built: bool = True, broken: str = "", extra_test: str 
     shutil.copy(CONFTEST, root / "tests" / "conftest.py")
     (root / "mgd").mkdir()  # conftest finds the checkout through mgd.bootstrap
     (root / "mgd" / "__init__.py").write_text("")
-    shutil.copy(CONFTEST.parents[1] / "mgd" / "bootstrap.py", root / "mgd" / "bootstrap.py")
+    for name in ("bootstrap.py", "overlay.py", "errors.py"):
+        shutil.copy(CONFTEST.parents[1] / "mgd" / name, root / "mgd" / name)
     (root / "tests" / "test_sample.py").write_text(SAMPLE_TESTS)
     if extra_test:
         (root / "tests" / "test_extra.py").write_text(textwrap.dedent(extra_test))
@@ -123,3 +124,45 @@ def test_without_a_built_pin_the_detectron2_tests_skip_and_pass(tmp_path):
     assert proc.returncode == 0, proc.stdout
     assert "1 passed, 3 skipped" in proc.stdout
     assert "Detectron2 not built at " in proc.stdout
+
+
+OVERLAY_MODULE = "WHICH = {!r}\n"
+
+
+def make_stale_overlay(root: Path) -> Path:
+    """d2/engine/mgd_sample.py in the tree, an older copy of it in the fake checkout, and a test
+    that reads the copy; returns the copy."""
+    (root / "d2" / "engine").mkdir(parents=True)
+    (root / "d2" / "engine" / "mgd_sample.py").write_text(OVERLAY_MODULE.format("new"))
+    copy = root / "detectron2" / "detectron2" / "engine" / "mgd_sample.py"
+    copy.write_text(OVERLAY_MODULE.format("old"))
+    (root / "tests" / "test_overlay_sample.py").write_text(textwrap.dedent('''
+        import pytest
+
+
+        @pytest.mark.detectron2
+        def test_the_copy_is_the_new_code():
+            from detectron2.engine.mgd_sample import WHICH
+            assert WHICH == "new"
+    '''))
+    return copy
+
+
+def test_a_stale_overlay_is_refreshed_and_said(tmp_path):
+    root = make_tree(tmp_path)
+    copy = make_stale_overlay(root)
+    proc = run_pytest(root)
+    assert proc.returncode == 0, proc.stdout
+    assert "overlay: d2/engine/mgd_sample.py changed; refreshed the copy in" in proc.stdout
+    assert copy.read_text() == OVERLAY_MODULE.format("new")
+
+
+def test_a_stale_overlay_that_cannot_be_refreshed_ends_the_session_in_one_line(tmp_path):
+    root = make_tree(tmp_path)
+    copy = make_stale_overlay(root)
+    copy.unlink()
+    (copy / "in-the-way").mkdir(parents=True)  # a folder where the copy goes: no write can replace it (even as root)
+    proc = run_pytest(root)
+    assert proc.returncode == 3, proc.stdout
+    assert "error: cannot copy d2/engine/mgd_sample.py into" in proc.stdout
+    assert "passed" not in proc.stdout and "Traceback" not in proc.stdout

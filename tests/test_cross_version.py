@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from test_d2_support import REPO, detectron2_env
+from d2_support import REPO, detectron2_env
 
 pytestmark = [pytest.mark.two_versions, pytest.mark.slow]
 

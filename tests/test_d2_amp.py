@@ -11,7 +11,7 @@ pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (ru
 
 import torch  # noqa: E402
 
-from test_d2_support import import_overlay, load_cfg, synthetic_batch  # noqa: E402
+from d2_support import import_overlay, load_cfg, synthetic_batch  # noqa: E402
 
 import_overlay()
 

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from mgd_reference import (  # noqa: E402
     distilled_names, divisor_for_one_process, hooked_taps, naive_position_losses, randomise_norms,
 )
-from test_d2_support import import_overlay, load_cfg, synthetic_batch  # noqa: E402
+from d2_support import import_overlay, load_cfg, synthetic_batch  # noqa: E402
 
 import_overlay()
 

@@ -6,7 +6,7 @@ pytest.importorskip("detectron2", reason="Detectron2 not built here (run `make d
 # the checkout folder alone is an empty namespace package "detectron2": need the real one
 pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
-from test_d2_support import import_overlay  # noqa: E402
+from d2_support import import_overlay  # noqa: E402
 
 import_overlay()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_d2_support import REPO, run_train_net
+from d2_support import REPO, run_train_net
 from test_errors_first import assert_refused
 
 sys.path.insert(0, str(REPO / "d2" / "data"))

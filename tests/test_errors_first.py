@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_d2_support import REPO, detectron2_env, make_synthetic_dataset, run_train_net, synthetic_dataset_args
+from d2_support import REPO, detectron2_env, make_synthetic_dataset, run_train_net, synthetic_dataset_args
 
 MGD_DEMO = REPO / "configs" / "demo_mgd_R50_R18.yaml"
 R18_DEMO = REPO / "configs" / "demo_retinanet_R_18.yaml"

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from test_d2_support import CHECKOUT, REPO, import_overlay, load_cfg
+from d2_support import CHECKOUT, REPO, import_overlay, load_cfg
 from test_dataset_checks import annotation, coco_set, save
 
 pytestmark = pytest.mark.detectron2

@@ -18,7 +18,7 @@ import textwrap
 import pytest
 import torch
 
-from test_d2_support import (
+from d2_support import (
     CHECKOUT,
     REPO,
     TINY_INPUT,
@@ -183,7 +183,7 @@ NCCL_WORKER = textwrap.dedent("""
 
 
     def train_two_steps(tmp_dir):
-        from test_d2_support import TINY_INPUT, import_overlay, load_cfg, synthetic_batch
+        from d2_support import TINY_INPUT, import_overlay, load_cfg, synthetic_batch
         import_overlay()
         from detectron2.modeling import build_model
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from mgd.gpu_report import StepResult, environment, format_report, parse_junit, read_training_run, write_report
-from test_d2_support import REPO
+from d2_support import REPO
 
 NO_CUDA_LINE = "gpu-check: no CUDA device here (torch.cuda.is_available() is False): nothing to check\n"
 

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from test_d2_support import TINY_INPUT, config_dir, import_overlay, load_cfg, synthetic_batch  # noqa: E402
+from d2_support import TINY_INPUT, config_dir, import_overlay, load_cfg, synthetic_batch  # noqa: E402
 
 BATCH = 4
 OPTS = TINY_INPUT + ["SOLVER.IMS_PER_BATCH", str(BATCH), "MGD.UPDATE_ITER", "9", "MGD.IGNORE_INDS", "[2, 3, 4, 5, 6, 7, 8]",

@@ -8,7 +8,7 @@ import pytest
 
 from test_errors_first import assert_refused
 from test_scripts_checkpoints import read_d2
-from test_scripts_support import REPO, converted_student, d2_pickle, retinanet_state_dict, write_pickle
+from scripts_support import REPO, converted_student, d2_pickle, retinanet_state_dict, write_pickle
 
 import mgd.checkpoint as cio
 

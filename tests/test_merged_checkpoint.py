@@ -14,7 +14,7 @@ pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (ru
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from test_d2_support import CHECKOUT, REPO, import_overlay, load_cfg  # noqa: E402
+from d2_support import CHECKOUT, REPO, import_overlay, load_cfg  # noqa: E402
 
 import_overlay()
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from test_d2_support import (
+from d2_support import (
     CHECKOUT_ENV,
     REPO,
     TINY_INPUT,

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from mgd_reference import (  # noqa: E402
     distilled_names, divisor_for_one_process, hooked_taps, naive_position_losses, randomise_norms,
 )
-from test_d2_support import (  # noqa: E402
+from d2_support import (  # noqa: E402
     TINY_INPUT, config_dir, import_overlay, load_cfg, make_synthetic_dataset, run_train_net, synthetic_batch,
 )
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from test_scripts_support import REPO, run_script
+from scripts_support import REPO, run_script
 
 import plot_runs  # noqa: E402  (scripts/ is on sys.path via the support module)
 

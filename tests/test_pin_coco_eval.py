@@ -15,7 +15,7 @@ import uuid
 import numpy as np
 import pytest
 
-from test_d2_support import make_synthetic_dataset
+from d2_support import make_synthetic_dataset
 
 pytestmark = pytest.mark.detectron2
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from test_scripts_support import run_script
+from scripts_support import run_script
 
 import summarize_results as sr  # noqa: E402  (scripts/ is on sys.path via the support module)
 

@@ -10,7 +10,7 @@ pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (ru
 
 import torch  # noqa: E402
 
-from test_d2_support import (  # noqa: E402
+from d2_support import (  # noqa: E402
     TINY_INPUT,
     import_overlay,
     load_cfg,

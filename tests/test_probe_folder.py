@@ -2,7 +2,7 @@
 OUTPUT_DIR/probe when OUTPUT_DIR is not given (./output/probe by default), never ./output itself; an OUTPUT_DIR given on the command line is used as it is."""
 import pytest
 
-from test_d2_support import TINY_INPUT, config_dir, import_overlay, load_cfg, make_synthetic_dataset, run_train_net
+from d2_support import TINY_INPUT, config_dir, import_overlay, load_cfg, make_synthetic_dataset, run_train_net
 
 pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")

@@ -14,7 +14,7 @@ pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importa
 
 import torch  # noqa: E402
 
-from test_d2_support import import_overlay  # noqa: E402
+from d2_support import import_overlay  # noqa: E402
 
 import_overlay()
 

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from test_d2_support import TINY_INPUT, config_dir, import_overlay, load_cfg, synthetic_batch  # noqa: E402
+from d2_support import TINY_INPUT, config_dir, import_overlay, load_cfg, synthetic_batch  # noqa: E402
 
 from mgd.config import distillation_divisor  # noqa: E402
 from mgd.matching import plan_matching_pass  # noqa: E402

@@ -20,7 +20,7 @@ pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (ru
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from test_d2_support import SYNTH_SIZE, TINY_INPUT, config_dir, import_overlay, load_cfg, run_train_net  # noqa: E402
+from d2_support import SYNTH_SIZE, TINY_INPUT, config_dir, import_overlay, load_cfg, run_train_net  # noqa: E402
 
 MGD_DEMO = "demo_mgd_R50_R18.yaml"
 # centred boxes (x + w / 2 == size / 2): a horizontal flip maps each onto itself, exactly

@@ -18,7 +18,7 @@ pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importa
 
 import torch  # noqa: E402
 
-from test_d2_support import (  # noqa: E402
+from d2_support import (  # noqa: E402
     CHECKOUT,
     REPO,
     TINY_INPUT,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from test_scripts_support import (
+from scripts_support import (
     assert_one_line_error,
     converted_student,
     d2_pickle,

@@ -11,7 +11,7 @@ import pickle
 import numpy as np
 import pytest
 
-from test_scripts_support import (
+from scripts_support import (
     SCRIPTS,
     assert_one_line_error,
     converted_student,

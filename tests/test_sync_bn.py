@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from test_d2_support import import_overlay, load_cfg  # noqa: E402
+from d2_support import import_overlay, load_cfg  # noqa: E402
 
 CHANNELS = 4
 SIZES = {0: 8, 1: 4}  # padded size per rank

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from test_scripts_support import run_script
+from scripts_support import run_script
 
 import synthetic_coco as sc  # noqa: E402  (scripts/ is on sys.path via the support module)
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.detectron2
 pytest.importorskip("detectron2.modeling", reason="Detectron2 not built here (run `make detectron2`)")
 
 from conftest import CHECKOUT, REPO_ROOT  # noqa: E402
-from test_scripts_support import malicious_checkpoint  # noqa: E402
+from scripts_support import malicious_checkpoint  # noqa: E402
 
 CONFIG = CHECKOUT / "configs" / "COCO-Detection" / "retinanet_torchvision_R_18_FPN_1x.yaml"
 

@@ -6,7 +6,7 @@ pinned commit): keys without ``layer`` get a ``stem.`` prefix, ``layerN`` -> ``r
 ``bnK`` -> ``convK.norm``, ``downsample.0`` -> ``shortcut``, ``downsample.1`` ->
 ``shortcut.norm``; values become numpy arrays; the wrapper is
 ``{"model": ..., "__author__": "torchvision", "matching_heuristics": True}``.
-The tests at the bottom check these builders against torchvision's real key names.
+tests/scripts/test_support_builders.py checks these builders against torchvision's real key names.
 """
 
 import os
@@ -136,35 +136,6 @@ def assert_one_line_error(proc):
     return lines[0]
 
 
-# ---- the builders themselves agree with torchvision / the converter ----------------------
-
-def test_converter_rule_examples():
-    assert convert_torchvision_key("conv1.weight") == "stem.conv1.weight"
-    assert convert_torchvision_key("bn1.running_var") == "stem.conv1.norm.running_var"
-    assert convert_torchvision_key("layer1.0.bn3.bias") == "res2.0.conv3.norm.bias"
-    assert convert_torchvision_key("layer4.0.downsample.0.weight") == "res5.0.shortcut.weight"
-    assert convert_torchvision_key("layer3.0.downsample.1.weight") == "res4.0.shortcut.norm.weight"
-    assert convert_torchvision_key("fc.bias") == "stem.fc.bias"
-
-
-@pytest.mark.parametrize("depth", [18, 50])
-def test_torchvision_key_names_match_real_models(depth):
-    torchvision = pytest.importorskip("torchvision")
-    with __import__("torch").device("meta"):
-        model = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-    assert list(model.state_dict()) == torchvision_resnet_keys(depth)
-
-
-@pytest.mark.parametrize("depth", [18, 50])
-def test_converted_student_matches_detectron2_backbone_names(depth):
-    # Every converted key but the classifier is a Detectron2 ResNet key (with BN counters).
-    converted = set(converted_student(depth)["model"])
-    d2 = {k for k in d2_resnet_keys(depth, prefix="")}
-    extra = {k for k in converted - d2 if not k.endswith("num_batches_tracked")}
-    assert extra == {"stem.fc.weight", "stem.fc.bias"}
-    assert d2 <= converted
-
-
 # ---- hostile inputs -----------------------------------------------------------------------
 
 class SystemPayload:
@@ -195,12 +166,16 @@ def malicious_checkpoint(marker, kind="system"):
     return {"model": model, "__author__": "torchvision", "matching_heuristics": True}
 
 
-def test_payloads_really_are_dangerous(tmp_path):
-    # Guard for the refusal tests: an ordinary pickle.loads of the payload creates the file.
-    for kind in ("system", "open"):
-        marker = tmp_path / f"pwned-{kind}"
-        data = pickle.dumps(malicious_checkpoint(marker, kind), protocol=4)
-        obj = pickle.loads(data)  # noqa: S301 - deliberately unsafe, on our own payload
-        if hasattr(obj["model"]["res2.0.conv1.weight"], "close"):
-            obj["model"]["res2.0.conv1.weight"].close()
-        assert marker.exists()
+def run_make(*args, cwd=REPO, env=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    """``make -C <repo> ARGS`` in a subprocess, with this interpreter (PYTHON) and the Detectron2
+    target under test passed through (DETECTRON2, DETECTRON2_DIR: the checkout this session
+    tests, tests/conftest.py), so a test of a make target never builds or uses another one.
+    Output is captured as text; ``kwargs`` reach subprocess.run."""
+    from mgd.bootstrap import detectron2_checkout
+
+    target = os.environ.get("DETECTRON2", "pin")
+    checkout = os.environ.get("DETECTRON2_DIR") or detectron2_checkout(str(REPO))
+    cmd = ["make", "--no-print-directory", "-C", str(REPO), *map(str, args), f"PYTHON={sys.executable}",
+           f"DETECTRON2={target}", f"DETECTRON2_DIR={checkout}"]
+    kwargs.setdefault("capture_output", "stdout" not in kwargs)
+    return subprocess.run(cmd, cwd=cwd, env=env, text=True, timeout=timeout, **kwargs)
