@@ -7,7 +7,7 @@
 
 Writes OUT/{train,val}/*.png, OUT/annotations/instances_{train,val}.json and
 OUT/synthetic.json, atomically; an existing set written by this script is replaced. The data
-design is described in scripts/synthetic_coco.py. Use it as any COCO-format set:
+design is described in mgd_tools/synthetic_coco.py. Use it as any COCO-format set:
 train_net.py --dataset mgd_synth_train OUT/annotations/instances_train.json OUT/train (and val).
 """
 
@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from mgd.cli import OneLineArgumentParser  # noqa: E402
-from synthetic_coco import SynthConfig, SyntheticDataError, write_dataset  # noqa: E402
+from mgd_tools.synthetic_coco import SynthConfig, SyntheticDataError, write_dataset  # noqa: E402
 
 
 def build_parser():

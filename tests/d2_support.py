@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from mgd.bootstrap import CHECKOUT_ENV, detectron2_checkout, detectron2_import_paths  # noqa: E402
+from mgd.bootstrap import CHECKOUT_ENV, detectron2_checkout, detectron2_import_paths
 
 #: the Detectron2 checkout under test (tests/conftest.py: DETECTRON2=pin|latest, or DETECTRON2_DIR)
 CHECKOUT = Path(detectron2_checkout(str(REPO)))
@@ -79,14 +78,11 @@ def synthetic_batch(n=2, size=SYNTH_SIZE, seed=0, num_classes=4):
 
 
 def make_synthetic_dataset(root: Path, train=16, val=8, size=SYNTH_SIZE) -> Path:
-    """The project's synthetic COCO set, small (scripts/synthetic_coco.py)."""
+    """The project's synthetic COCO set, small (mgd_tools/synthetic_coco.py)."""
     root = Path(root)
     if not (root / "annotations" / "instances_val.json").exists():
-        sys.path.insert(0, str(REPO / "scripts"))
-        try:
-            from synthetic_coco import SynthConfig, write_dataset
-        finally:
-            sys.path.remove(str(REPO / "scripts"))
+        from mgd_tools.synthetic_coco import SynthConfig, write_dataset
+
         write_dataset(root, SynthConfig(num_train=train, num_val=val, size=size,
                                         min_object=8.0, max_object=size / 2))
     return root

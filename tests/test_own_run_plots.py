@@ -10,7 +10,7 @@ import pytest
 
 from scripts_support import REPO, run_script
 
-import plot_runs  # noqa: E402  (scripts/ is on sys.path via the support module)
+from mgd_tools import plots as plot_runs
 
 REPO_MAKE = ["make", "--no-print-directory", "-C", str(REPO)]
 

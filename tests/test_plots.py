@@ -7,7 +7,7 @@ import pytest
 
 from scripts_support import run_script
 
-import summarize_results as sr  # noqa: E402  (scripts/ is on sys.path via the support module)
+from mgd_tools import results_table as sr
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -62,7 +62,7 @@ def test_collect_table_and_plots(runs):
 
 
 def test_cost_updates_are_taken_at_each_change():
-    from plot_runs import cost_updates
+    from mgd_tools.plots import cost_updates
 
     recs = [{"iteration": i, "mgd/cost_c2": 1.0 if i < 40 else 0.5} for i in (19, 39, 59, 79)]
     assert cost_updates(recs) == [(19, {"c2": 1.0}), (59, {"c2": 0.5})]

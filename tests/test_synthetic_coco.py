@@ -10,7 +10,7 @@ import pytest
 
 from scripts_support import run_script
 
-import synthetic_coco as sc  # noqa: E402  (scripts/ is on sys.path via the support module)
+from mgd_tools import synthetic_coco as sc
 
 
 @pytest.fixture(scope="module")
