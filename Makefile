@@ -39,7 +39,6 @@ PYTEST_ARGS       ?=
 # Weights: ImageNet torchvision ResNets, downloaded (RANDOM_INIT=1: random init, no download;
 # such files carry a mark that `make weights` and every run read).
 RANDOM_INIT       ?=
-WEIGHTS_KIND       = $(if $(RANDOM_INIT),random,pretrained)
 # Distillation inputs and outputs.
 TEACHER           ?= $(OUTPUT_DIR)/base-R50/model_final.pth
 STUDENT           ?= $(WEIGHTS_DIR)/r-18.pkl
@@ -215,24 +214,7 @@ clean: ## remove caches (keeps detectron2/, weights/, datasets/ and outputs)
 
 .PHONY: weights
 weights: ## get torchvision R18/R50 (download; RANDOM_INIT=1 for random init) and convert with the pin's converter
-	@test -n "$(D2_BUILT)" || { echo "error: Detectron2 is not built; run 'make detectron2' first" >&2; exit 2; }
-	@mkdir -p $(WEIGHTS_DIR); for depth in 18 50; do \
-	    pkl=$(WEIGHTS_DIR)/r-$$depth.pkl; pth=$(WEIGHTS_DIR)/resnet$$depth$(if $(RANDOM_INIT),-random).pth; \
-	    if [ -e $$pkl ]; then \
-	        kind=$$($(PYTHON) scripts/random_init_marker.py show $$pkl); \
-	        if [ "$$kind" = $(WEIGHTS_KIND) ]; then echo "$$pkl exists ($$kind weights), kept"; continue; fi; \
-	        $(if $(RANDOM_INIT),echo "error: $$pkl holds ImageNet weights; put random-init ones in another folder: make weights RANDOM_INIT=1 WEIGHTS_DIR=weights/random" >&2; exit 2;,echo "$$pkl holds random-init weights (made with RANDOM_INIT=1): replacing them with the ImageNet ones";) \
-	    fi; \
-	    if [ ! -e $$pth ]; then \
-	        if [ -n "$(RANDOM_INIT)" ]; then cmd="$(PYTHON) scripts/make_random_torchvision_weights.py --depth $$depth $$pth"; \
-	        else cmd="$(PYTHON) scripts/download_torchvision_resnet.py --depth $$depth $$pth"; fi; \
-	        echo "+ $$cmd"; $$cmd; \
-	    fi; \
-	    echo "+ $(PYTHON) $(DETECTRON2_DIR)/tools/convert-torchvision-to-d2.py $$pth $$pkl"; \
-	    $(PYTHON) $(DETECTRON2_DIR)/tools/convert-torchvision-to-d2.py $$pth $$pkl.part > $$pkl.log; \
-	    $(if $(RANDOM_INIT),$(PYTHON) scripts/random_init_marker.py mark $$pkl.part > /dev/null;) \
-	    mv $$pkl.part $$pkl; echo "converted $$pth -> $$pkl ($$(grep -c -- '->' $$pkl.log) tensors$(if $(RANDOM_INIT),; marked random-init))"; rm $$pkl.log; \
-	done
+	@$(PYTHON) scripts/get_weights.py --weights-dir $(WEIGHTS_DIR) --checkout $(DETECTRON2_DIR)$(if $(RANDOM_INIT), --random-init)
 
 .PHONY: base
 base: check-base overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18; RESUME=1 continues)
@@ -280,7 +262,7 @@ check-eval:
 
 .PHONY: convert-all
 convert-all: ## split the student out of every MGD_OUTPUT/X.pth into X.pkl (EVAL_TEACHER=1: the teacher into X.teacher.pkl)
-	PYTHON=$(PYTHON) bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
+	$(PYTHON) scripts/convert_all.py $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
 
 .PHONY: eval
 eval: check-eval overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG into EVAL_OUTPUT (the student; EVAL_TEACHER=1 the teacher); an earlier one there is kept in previous-N

@@ -168,7 +168,7 @@ def test_convert_all_converts_every_pth_and_reports_failures(tmp_path):
     torch.save(malicious_checkpoint(marker), tmp_path / "evil.pth")
     (tmp_path / "last_checkpoint").write_text("model_final.pth")
 
-    proc = run_script("convert-all.sh", tmp_path)
+    proc = run_script("convert_all.py", tmp_path)
     assert proc.returncode != 0
     assert not marker.exists()
     out = proc.stdout.splitlines()
