@@ -1,5 +1,5 @@
 """Run one MGD model on fixed weights and batches under the Detectron2 on the import path, and
-save what it computes (for tests/test_cross_version.py; not a test itself).
+save what it computes (for tests/d2/test_cross_version.py; not a test itself).
 
     python tests/cross_version_dump.py WEIGHTS.pt OUT.pt
 

@@ -4,6 +4,7 @@ Configs are copied with Detectron2's Base-RetinaNet.yaml into a temporary
 ``configs/COCO-Detection/`` so their ``_BASE_: "../Base-RetinaNet.yaml"`` resolves exactly
 as in the checkout, without depending on `make overlay` having copied the latest yaml.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -134,3 +135,45 @@ def run_train_net(args, synth_root=None, timeout=600, check=True, cwd=REPO):
         raise AssertionError(f"train_net.py {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              + proc.stdout[-6000:])
     return proc
+
+
+# ---- small COCO-format sets for the dataset checks (PNG images and their instances JSON)
+
+CATEGORIES = [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}, {"id": 3, "name": "bar"}]
+
+
+def write_image(path: Path, width: int, height: int, fmt: str = "PNG", exif_orientation: int = 0) -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height), (90, 120, 30))
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[274] = exif_orientation
+        image.save(path, fmt, exif=exif.tobytes())
+    else:
+        image.save(path, fmt)
+
+
+def coco_set(root: Path, images=6, size=(40, 30)) -> dict:
+    """``images`` PNGs of ``size`` under root/images and their instances JSON (two boxes
+    per image, inside it, categories 1..3); returns the JSON's dict (written as root/set.json)."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    data = {"images": [], "annotations": [], "categories": [dict(c) for c in CATEGORIES]}
+    for i in range(1, images + 1):
+        name = f"{i:04d}.png"
+        write_image(root / "images" / name, *size)
+        data["images"].append({"id": i, "file_name": name, "width": size[0], "height": size[1]})
+        for j in range(2):
+            data["annotations"].append({"id": 10 * i + j, "image_id": i, "category_id": 1 + (i + j) % 3,
+                                        "bbox": [2.0 + 5 * j, 3.0, 10.0, 8.0], "area": 80.0, "iscrowd": 0})
+    save(root, data)
+    return data
+
+
+def save(root: Path, data: dict) -> Path:
+    (root / "set.json").write_text(json.dumps(data))
+    return root / "set.json"
+
+
+def annotation(data, ann_id):
+    return next(a for a in data["annotations"] if a["id"] == ann_id)

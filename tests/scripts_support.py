@@ -163,16 +163,42 @@ def malicious_checkpoint(marker, kind="system"):
     return {"model": model, "__author__": "torchvision", "matching_heuristics": True}
 
 
-def run_make(*args, cwd=REPO, env=None, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+def run_make(*args, cwd=REPO, env=None, timeout=600, merged=True) -> subprocess.CompletedProcess:
     """``make -C <repo> ARGS`` in a subprocess, with this interpreter (PYTHON) and the Detectron2
     target under test passed through (DETECTRON2, DETECTRON2_DIR: the checkout this session
     tests, tests/conftest.py), so a test of a make target never builds or uses another one.
-    Output is captured as text; ``kwargs`` reach subprocess.run."""
+    Text output; ``merged``: stderr into stdout (the order a user sees), else apart."""
     from mgd.bootstrap import detectron2_checkout
 
     target = os.environ.get("DETECTRON2", "pin")
     checkout = os.environ.get("DETECTRON2_DIR") or detectron2_checkout(str(REPO))
     cmd = ["make", "--no-print-directory", "-C", str(REPO), *map(str, args), f"PYTHON={sys.executable}",
            f"DETECTRON2={target}", f"DETECTRON2_DIR={checkout}"]
-    kwargs.setdefault("capture_output", "stdout" not in kwargs)
-    return subprocess.run(cmd, cwd=cwd, env=env, text=True, timeout=timeout, **kwargs)
+    streams = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT) if merged else dict(capture_output=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, text=True, timeout=timeout, **streams)
+
+
+def assert_refused(proc, message: str, *never_written: Path) -> str:
+    """One ``error:`` line containing ``message`` in the first 30 lines, exit code 2, no
+    traceback, and none of ``never_written`` exists. Returns the error line."""
+    lines = proc.stdout.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert len(errors) == 1, proc.stdout[-3000:]
+    assert message in errors[0], errors[0]
+    assert lines.index(errors[0]) < 30, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    for path in never_written:
+        assert not path.exists(), f"{path} was written by a refused run"
+    return errors[0]
+
+
+def read_d2(path):
+    """The model of a Detectron2 pickle as the converters write it (checked), read as data."""
+    import mgd.checkpoint as cio
+
+    obj = cio.load_checkpoint_object(path)
+    assert set(obj) == {"model", "__author__", "matching_heuristics"}
+    assert obj["__author__"] == "TORCHVISION" and obj["matching_heuristics"] is True
+    assert all(isinstance(v, np.ndarray) for v in obj["model"].values())
+    return obj["model"]

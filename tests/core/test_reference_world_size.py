@@ -6,7 +6,7 @@ DDP averaging the gradients over the 8 GPUs. With the rule sum / (B * R / world_
 (R = MGD.REFERENCE_WORLD_SIZE), one process with B images and two processes with B / 2 images
 each give the same student gradient of the distillation loss (checked with real DDP over gloo).
 Each matching is solved from (UPDATE_ITER + 1) x B / R images at any process count
-(mgd.matching.plan_matching_pass; tests/test_matching_statistic.py).
+(mgd.matching.plan_matching_pass; tests/core/test_matching_statistic.py).
 """
 import os
 

@@ -1,5 +1,5 @@
 """Results files are strict JSON and a run with no predictions says so.
-train_net.py end to end: tests/test_train_net.py (an evaluation that predicts nothing)."""
+train_net.py end to end: tests/d2/test_train_net.py (an evaluation that predicts nothing)."""
 import json
 import math
 

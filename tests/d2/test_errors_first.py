@@ -1,32 +1,16 @@
 """Errors first: a bad input to train_net.py or a make target ends in one
 ``error:`` line near the top of the output, a non-zero exit code, no traceback, and nothing
 written (no OUTPUT_DIR). Validation returns before any model is built, so these are fast."""
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from d2_support import REPO, detectron2_env, make_synthetic_dataset, run_train_net, synthetic_dataset_args
+from scripts_support import assert_refused, run_make
 
 MGD_DEMO = REPO / "configs" / "demo_mgd_R50_R18.yaml"
 R18_DEMO = REPO / "configs" / "demo_retinanet_R_18.yaml"
-
-
-def assert_refused(proc, message: str, *never_written: Path) -> str:
-    """One ``error:`` line containing ``message`` in the first 30 lines, exit code 2, no
-    traceback, and none of ``never_written`` exists. Returns the error line."""
-    lines = proc.stdout.splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert proc.returncode == 2, proc.stdout[-3000:]
-    assert len(errors) == 1, proc.stdout[-3000:]
-    assert message in errors[0], errors[0]
-    assert lines.index(errors[0]) < 30, proc.stdout[-3000:]
-    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
-    for path in never_written:
-        assert not path.exists(), f"{path} was written by a refused run"
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +104,6 @@ def test_builtin_coco_without_its_files_says_where_they_are_looked_for(tmp_path,
 
 
 # ------------------------------------------------------------------ make targets
-
-def run_make(*args, cwd=REPO):
-    return subprocess.run(["make", "--no-print-directory", *map(str, args), f"PYTHON={sys.executable}"],
-                          cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-
 
 def test_make_base_refuses_a_depth_other_than_18_or_50(tmp_path):
     proc = run_make("base", "DEPTH=34", f"OUTPUT_DIR={tmp_path / 'out'}")

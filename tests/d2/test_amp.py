@@ -1,7 +1,7 @@
 """Mixed precision (SOLVER.AMP.ENABLED) on CPU: bfloat16 autocast in both networks' forwards,
 the distillation loss in float32, losses close to float32 training, loss-scaler state on resume;
 SOLVER.AMP.PRECISION float16 trains with an enabled GradScaler, which skips a step whose
-gradients are not finite and lowers its scale (the float16 numerics: tests/test_amp_float16.py)."""
+gradients are not finite and lowers its scale (the float16 numerics: tests/d2/test_amp_float16.py)."""
 import itertools
 
 import pytest

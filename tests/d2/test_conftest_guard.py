@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-CONFTEST = Path(__file__).resolve().parent / "conftest.py"
+CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 PACKAGES = ("config", "checkpoint", "structures", "modeling", "engine", "data", "evaluation", "utils")
 
 SAMPLE_TESTS = '''

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.detectron2
 pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
 
 from d2_support import CHECKOUT, REPO, import_overlay, load_cfg, make_synthetic_dataset, run_train_net  # noqa: E402
-from test_errors_first import assert_refused  # noqa: E402
+from scripts_support import assert_refused  # noqa: E402
 
 import_overlay()
 

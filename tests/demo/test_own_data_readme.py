@@ -14,7 +14,7 @@ import yaml
 pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def readme_block() -> str:

@@ -17,6 +17,7 @@ from scripts_support import (
     converted_student,
     d2_pickle,
     malicious_checkpoint,
+    read_d2,
     retinanet_state_dict,
     run_script,
     torchvision_resnet_keys,
@@ -34,14 +35,6 @@ def load_script(filename):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def read_d2(path):
-    obj = cio.load_checkpoint_object(path)
-    assert set(obj) == {"model", "__author__", "matching_heuristics"}
-    assert obj["__author__"] == "TORCHVISION" and obj["matching_heuristics"] is True
-    assert all(isinstance(v, np.ndarray) for v in obj["model"].values())
-    return obj["model"]
 
 
 def assert_same_arrays(a, b):

@@ -69,7 +69,7 @@ def test_config_defaults_and_derivation(tmp_path):
     # overriding one net does not leak into the other
     cfg.MGD.STUDENT.DEPTH = 34
     assert teacher_config(cfg).MODEL.RESNETS.DEPTH == 50 and student_config(cfg).MODEL.RESNETS.DEPTH == 34
-    cfg.MGD.SYNC_BN = True  # the original's SyncBN: Detectron2's NaiveSyncBatchNorm (tests/test_sync_bn.py)
+    cfg.MGD.SYNC_BN = True  # the original's SyncBN: Detectron2's NaiveSyncBatchNorm (tests/d2/test_sync_bn.py)
     assert student_config(cfg).MODEL.RESNETS.STAGE_LAST_NORM == "naiveSyncBN"
     assert teacher_config(cfg).MODEL.RESNETS.STAGE_LAST_NORM == ""
 

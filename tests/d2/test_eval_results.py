@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from d2_support import CHECKOUT, REPO, import_overlay, load_cfg
-from test_dataset_checks import annotation, coco_set, save
+from d2_support import annotation, coco_set, save
 
 pytestmark = pytest.mark.detectron2
 pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importable (run `make detectron2`)")

@@ -27,7 +27,7 @@ from d2_support import (  # noqa: E402
     run_train_net,
     synthetic_dataset_args,
 )
-from test_errors_first import assert_refused, run_make  # noqa: E402
+from scripts_support import assert_refused, run_make  # noqa: E402
 
 R18_DEMO = REPO / "configs" / "demo_retinanet_R_18.yaml"
 # a plain R18 from scratch (no MODEL.WEIGHTS), no final evaluation

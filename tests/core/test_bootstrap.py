@@ -8,7 +8,7 @@ import pytest
 
 from mgd import bootstrap
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 #: make as a user runs it (no variables inherited from a `make test DETECTRON2=...` around us)

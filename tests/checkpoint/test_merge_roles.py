@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from test_errors_first import assert_refused
-from test_scripts_checkpoints import read_d2
+from scripts_support import assert_refused, read_d2
 from scripts_support import REPO, converted_student, d2_pickle, retinanet_state_dict, write_pickle
 
 import mgd.checkpoint as cio

@@ -14,7 +14,7 @@ import yaml
 pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 pytest.importorskip("detectron2.modeling", reason="Detectron2 not built here (run `make detectron2`)")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHORT_RUN = "SOLVER.MAX_ITER 4 MGD.UPDATE_ITER 2 MGD.UPDATE_FREQ [2,4] MGD.UPDATE_SLOW_STEP [2]"
 # After 4 iterations no score reaches the usual 0.05: keep every detection so AP is a number.
 EVAL_ALL = "MODEL.RETINANET.SCORE_THRESH_TEST 0.0"

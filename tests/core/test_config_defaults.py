@@ -16,7 +16,7 @@ from d2_support import load_cfg  # noqa: E402
 
 from mgd.config import add_mgd_config  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # the keys add_mgd_config adds outside MGD.* where Detectron2 lacks them (today's Detectron2 has
 # SOLVER.AMP.ENABLED itself, with the same default)
 ADDED = {"MODEL.RESNETS.STAGE_LAST_NORM", "SOLVER.AMP.ENABLED", "SOLVER.AMP.PRECISION"}

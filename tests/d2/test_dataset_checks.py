@@ -4,7 +4,6 @@ drops or clips the annotation anyway; what that Detectron2 does is tested here t
 
 ``check_coco_set`` is framework-free (d2/data/mgd_coco_checks.py, imported from there); the
 train_net.py / make tests and the pin's behaviour need Detectron2."""
-import json
 import os
 import subprocess
 import sys
@@ -12,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from d2_support import REPO, run_train_net
-from test_errors_first import assert_refused
+from d2_support import REPO, annotation, coco_set, run_train_net, save, write_image
+from scripts_support import assert_refused
 
 sys.path.insert(0, str(REPO / "d2" / "data"))
 import mgd_coco_checks as checks  # noqa: E402
@@ -21,48 +20,10 @@ import mgd_coco_checks as checks  # noqa: E402
 sys.path.remove(str(REPO / "d2" / "data"))
 
 R18_DEMO = REPO / "configs" / "demo_retinanet_R_18.yaml"
-CATEGORIES = [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}, {"id": 3, "name": "bar"}]
-
-
-def write_image(path: Path, width: int, height: int, fmt: str = "PNG", exif_orientation: int = 0) -> None:
-    from PIL import Image
-
-    image = Image.new("RGB", (width, height), (90, 120, 30))
-    if exif_orientation:
-        exif = Image.Exif()
-        exif[274] = exif_orientation
-        image.save(path, fmt, exif=exif.tobytes())
-    else:
-        image.save(path, fmt)
-
-
-def coco_set(root: Path, images=6, size=(40, 30)) -> dict:
-    """``images`` PNGs of ``size`` under root/images and their instances JSON (two boxes
-    per image, inside it, categories 1..3); returns the JSON's dict (written as root/set.json)."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    data = {"images": [], "annotations": [], "categories": [dict(c) for c in CATEGORIES]}
-    for i in range(1, images + 1):
-        name = f"{i:04d}.png"
-        write_image(root / "images" / name, *size)
-        data["images"].append({"id": i, "file_name": name, "width": size[0], "height": size[1]})
-        for j in range(2):
-            data["annotations"].append({"id": 10 * i + j, "image_id": i, "category_id": 1 + (i + j) % 3,
-                                        "bbox": [2.0 + 5 * j, 3.0, 10.0, 8.0], "area": 80.0, "iscrowd": 0})
-    save(root, data)
-    return data
-
-
-def save(root: Path, data: dict) -> Path:
-    (root / "set.json").write_text(json.dumps(data))
-    return root / "set.json"
 
 
 def check(root: Path, **kwargs):
     return checks.check_coco_set("mine", str(root / "set.json"), str(root / "images"), **kwargs)
-
-
-def annotation(data, ann_id):
-    return next(a for a in data["annotations"] if a["id"] == ann_id)
 
 
 # ------------------------------------------------------------------ check_coco_set, in process

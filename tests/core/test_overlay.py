@@ -11,7 +11,7 @@ import pytest
 
 from mgd.overlay import OVERLAY_FOLDERS, OverlayError, copy_overlay, overlay_modules, refresh_overlay, stale_files
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def small_tree(root: Path):
