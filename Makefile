@@ -39,7 +39,6 @@ PYTEST_ARGS       ?=
 # Weights: ImageNet torchvision ResNets, downloaded (RANDOM_INIT=1: random init, no download;
 # such files carry a mark that `make weights` and every run read).
 RANDOM_INIT       ?=
-WEIGHTS_KIND       = $(if $(RANDOM_INIT),random,pretrained)
 # Distillation inputs and outputs.
 TEACHER           ?= $(OUTPUT_DIR)/base-R50/model_final.pth
 STUDENT           ?= $(WEIGHTS_DIR)/r-18.pkl
@@ -156,14 +155,8 @@ detectron2: install ## clone Detectron2 at DETECTRON2's commit (pin: PR #1820; l
 	bash scripts/get_detectron2.sh $(DETECTRON2_DIR) $(DETECTRON2_REPO) $(DETECTRON2_COMMIT) $(DETECTRON2_EXTRA_REQUIREMENTS)
 
 .PHONY: overlay
-overlay: ## copy d2/ modules (d2/X/y.py -> detectron2/X/y.py) and configs/ into the Detectron2 checkout (idempotent)
-	@test -d $(D2_PACKAGE) || { echo "error: $(DETECTRON2_DIR) is missing; run 'make detectron2$(if $(filter latest,$(DETECTRON2)), DETECTRON2=latest)' first" >&2; exit 2; }
-	@n=0; for f in $$(cd d2 && find . -name '*.py' | sort); do f=$${f#./}; \
-	    cmp -s "d2/$$f" "$(D2_PACKAGE)/$$f" || { cp "d2/$$f" "$(D2_PACKAGE)/$$f"; echo "copied d2/$$f -> $(D2_PACKAGE)/$$f"; n=$$((n+1)); }; \
-	done; \
-	for f in configs/*.yaml; do [ -e "$$f" ] || continue; \
-	    cmp -s "$$f" "$(D2_CONFIGS)/$$(basename $$f)" || { cp "$$f" "$(D2_CONFIGS)/"; echo "copied $$f -> $(D2_CONFIGS)/"; n=$$((n+1)); }; \
-	done; echo "overlay: $$n files copied, the rest already up to date"
+overlay: ## copy d2/ modules (d2/X/y.py -> detectron2/X/y.py) and configs/ into the Detectron2 checkout (idempotent; train_net.py and the scripts refresh a stale copy themselves)
+	@$(PYTHON) scripts/overlay.py $(DETECTRON2_DIR) --make-hint "make detectron2$(if $(filter latest,$(DETECTRON2)), DETECTRON2=latest)"
 
 # `make test` tests both Detectron2 targets: the whole suite on the pin (and the pin's own tests),
 # then the Detectron2 tests on today's Detectron2 (and its own tests), which it builds first when
@@ -221,24 +214,7 @@ clean: ## remove caches (keeps detectron2/, weights/, datasets/ and outputs)
 
 .PHONY: weights
 weights: ## get torchvision R18/R50 (download; RANDOM_INIT=1 for random init) and convert with the pin's converter
-	@test -n "$(D2_BUILT)" || { echo "error: Detectron2 is not built; run 'make detectron2' first" >&2; exit 2; }
-	@mkdir -p $(WEIGHTS_DIR); for depth in 18 50; do \
-	    pkl=$(WEIGHTS_DIR)/r-$$depth.pkl; pth=$(WEIGHTS_DIR)/resnet$$depth$(if $(RANDOM_INIT),-random).pth; \
-	    if [ -e $$pkl ]; then \
-	        kind=$$($(PYTHON) scripts/random_init_marker.py show $$pkl); \
-	        if [ "$$kind" = $(WEIGHTS_KIND) ]; then echo "$$pkl exists ($$kind weights), kept"; continue; fi; \
-	        $(if $(RANDOM_INIT),echo "error: $$pkl holds ImageNet weights; put random-init ones in another folder: make weights RANDOM_INIT=1 WEIGHTS_DIR=weights/random" >&2; exit 2;,echo "$$pkl holds random-init weights (made with RANDOM_INIT=1): replacing them with the ImageNet ones";) \
-	    fi; \
-	    if [ ! -e $$pth ]; then \
-	        if [ -n "$(RANDOM_INIT)" ]; then cmd="$(PYTHON) scripts/make_random_torchvision_weights.py --depth $$depth $$pth"; \
-	        else cmd="$(PYTHON) scripts/download_torchvision_resnet.py --depth $$depth $$pth"; fi; \
-	        echo "+ $$cmd"; $$cmd; \
-	    fi; \
-	    echo "+ $(PYTHON) $(DETECTRON2_DIR)/tools/convert-torchvision-to-d2.py $$pth $$pkl"; \
-	    $(PYTHON) $(DETECTRON2_DIR)/tools/convert-torchvision-to-d2.py $$pth $$pkl.part > $$pkl.log; \
-	    $(if $(RANDOM_INIT),$(PYTHON) scripts/random_init_marker.py mark $$pkl.part > /dev/null;) \
-	    mv $$pkl.part $$pkl; echo "converted $$pth -> $$pkl ($$(grep -c -- '->' $$pkl.log) tensors$(if $(RANDOM_INIT),; marked random-init))"; rm $$pkl.log; \
-	done
+	@$(PYTHON) scripts/get_weights.py --weights-dir $(WEIGHTS_DIR) --checkout $(DETECTRON2_DIR)$(if $(RANDOM_INIT), --random-init)
 
 .PHONY: base
 base: check-base overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18; RESUME=1 continues)
@@ -286,7 +262,7 @@ check-eval:
 
 .PHONY: convert-all
 convert-all: ## split the student out of every MGD_OUTPUT/X.pth into X.pkl (EVAL_TEACHER=1: the teacher into X.teacher.pkl)
-	PYTHON=$(PYTHON) bash scripts/convert-all.sh $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
+	$(PYTHON) scripts/convert_all.py $(MGD_OUTPUT) $(if $(EVAL_TEACHER),--eval-teacher)
 
 .PHONY: eval
 eval: check-eval overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG into EVAL_OUTPUT (the student; EVAL_TEACHER=1 the teacher); an earlier one there is kept in previous-N

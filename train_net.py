@@ -37,10 +37,10 @@ import warnings
 # Read when torch starts its thread pool, so before torch is imported; a value you set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mgd.bootstrap import describe_detectron2, use_detectron2
+from mgd.bootstrap import describe_detectron2, use_detectron2_with_overlay
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
-use_detectron2(REPO_ROOT)
+use_detectron2_with_overlay(REPO_ROOT)  # a stale copy of d2/ in the checkout is refreshed first
 # the pin's torch.jit.script uses warn on today's torch at every import: noise before any error
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 # the pin's harmless warnings on today's torch/numpy, printed by every data-loading process

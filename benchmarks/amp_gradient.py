@@ -29,12 +29,13 @@ import time
 from pathlib import Path
 from typing import Dict, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from mgd.bootstrap import use_detectron2  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
 from mgd.checkpoint import TEACHER_PREFIX  # noqa: E402
 
-use_detectron2(str(ROOT))  # the checkout `make` names (DETECTRON2=pin|latest), else detectron2/
+ROOT = Path(__file__).resolve().parents[1]
+#: the checkout `make` names (DETECTRON2=pin|latest), its overlay and configs refreshed
+CHECKOUT = Path(use_detectron2_with_overlay(str(ROOT)))
 
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
@@ -45,15 +46,21 @@ PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 def build(kind: str, size: int, noise: float = 0.01, seed: int = 0):
     """The MGDRetinaNet of a ``kind`` ("random" | "close") student, at ``size`` px, on CPU."""
-    from test_d2_support import import_overlay, load_cfg
-    import_overlay()
+    import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401 (registers MGDRetinaNet)
+    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
+
+    from mgd.config import add_mgd_config
 
     opts = ["INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(size)]
     if kind == "close":  # the teacher's own architecture, norms and frozen stages
         opts += ["MGD.STUDENT.DEPTH", "50", "MGD.STUDENT.RES2_OUT_CHANNELS", "256",
                  "MGD.STUDENT.STAGE_LAST_NORM", "", "MGD.STUDENT.FREEZE_AT", "2"]
-    cfg = load_cfg(Path(os.environ.get("TMPDIR", "/tmp")) / "mgd_amp_gradient", CONFIG, opts)
+    cfg = get_cfg()
+    add_mgd_config(cfg)
+    cfg.merge_from_file(str(CHECKOUT / "configs" / "COCO-Detection" / CONFIG))  # _BASE_ resolves there
+    cfg.merge_from_list(opts)
+    cfg.MODEL.DEVICE = "cpu"
     assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.MGD.REFERENCE_WORLD_SIZE == 8
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -142,7 +149,7 @@ def compare(reference: Dict[str, Tensor], grads: Dict[str, Tensor]) -> Dict[str,
 
 def measure(kind: str, size: int, images: int, precisions, noise: float = 0.01, init_scale: float = 2.0 ** 16) -> dict:
     """Everything above for one student ``kind``: {"closeness", "float32_loss", precision: figures}."""
-    from test_d2_support import synthetic_batch
+    from d2_support import synthetic_batch
 
     model = build(kind, size, noise)
     batch = synthetic_batch(images, size=size, seed=3)

@@ -21,9 +21,12 @@ import random
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "d2", "data"))  # the checks import nothing of Detectron2
-import mgd_coco_checks as checks  # noqa: E402
+use_detectron2_with_overlay(REPO)
+from detectron2.data import mgd_coco_checks as checks  # noqa: E402
 
 
 def write_set(folder: str, images: int, annotations: int) -> str:

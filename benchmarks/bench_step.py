@@ -37,11 +37,11 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from mgd.bootstrap import use_detectron2  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
 
-use_detectron2(ROOT)  # the checkout `make` names (DETECTRON2=pin|latest), else detectron2/
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+use_detectron2_with_overlay(ROOT)  # the checkout `make` names (DETECTRON2=pin|latest), refreshed overlay
 
 import torch  # noqa: E402
 

@@ -7,6 +7,13 @@ to every command as ``MGD_DETECTRON2_DIR``; a command run by hand without it use
 Detectron2 if there is one, else ``<repo>/detectron2``. A checkout's own extra packages
 (``<checkout>/mgd-python-deps``, e.g. today's Detectron2's omegaconf) go on the path with it.
 
+Whatever imports the overlay (``detectron2.*.mgd_*``, copied from ``d2/``) calls
+:func:`use_detectron2_with_overlay`: it also refreshes a stale copy (:mod:`mgd.overlay`).
+A script run as ``python scripts/x.py`` first puts the repository root on ``sys.path`` with the
+one line every script and benchmark shares::
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
 No Detectron2 import happens here (``mgd`` stays framework-free).
 """
 import importlib.util
@@ -14,13 +21,16 @@ import os
 import re
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
+
+from .overlay import OverlayError, refresh_overlay
 
 __all__ = [
     "CHECKOUT_ENV",
     "detectron2_checkout",
     "detectron2_import_paths",
     "use_detectron2",
+    "use_detectron2_with_overlay",
     "tested_commits",
     "checkout_commit",
     "describe_detectron2",
@@ -61,6 +71,33 @@ def use_detectron2(repo_root: str) -> bool:
             sys.path.remove(path)
         sys.path.insert(0, path)
     return True
+
+
+def use_detectron2_with_overlay(repo_root: str, exit_on_error: bool = True,
+                                say: Optional[Callable[[str], None]] = None) -> str:
+    """:func:`use_detectron2`, then make the overlay's copy in the checkout match ``d2/`` and
+    ``configs/`` (copying what changed, with one line to ``say``, default stderr), so the code that runs is
+    this repository's. Returns the checkout (the folder above the ``detectron2`` package).
+
+    When the copy cannot be refreshed (no Detectron2, a checkout you cannot write to): one
+    line ``error: ...`` and exit code 2 (``exit_on_error``), else :class:`mgd.overlay.OverlayError`.
+    """
+    try:
+        if use_detectron2(repo_root):
+            checkout = detectron2_checkout(repo_root)
+        else:  # an installed Detectron2: its package folder, found without importing it
+            spec = importlib.util.find_spec("detectron2")
+            if spec is None or spec.origin is None:
+                raise OverlayError(f"Detectron2 is not built at {detectron2_checkout(repo_root)} nor installed; "
+                                   "run `make detectron2` first")
+            checkout = os.path.dirname(os.path.dirname(spec.origin))
+        refresh_overlay(repo_root, checkout, say=say)
+    except OverlayError as error:
+        if not exit_on_error:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return checkout
 
 
 def tested_commits(repo_root: str) -> Dict[str, str]:

@@ -14,7 +14,7 @@ IN is read as data only; OUT is written atomically.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from mgd.checkpoint import convert_distilled  # noqa: E402
 from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402

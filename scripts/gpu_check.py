@@ -3,7 +3,7 @@
 
 Steps (each timed, each with its share of --budget seconds; a report is written whatever fails):
 build (`make detectron2`: CUDA ops when torch sees a GPU, then `make overlay`), gpu-tests
-(tests/test_gpu.py), bench-core and bench-step (float32 / float16 / bfloat16), nccl-run (a few
+(tests/d2/test_gpu.py), bench-core and bench-step (float32 / float16 / bfloat16), nccl-run (a few
 MGD iterations of train_net.py's main in a one-rank NCCL process group, float16 AMP, on a tiny
 synthetic set). The report: OUT/report.txt and OUT/report.json (mgd.gpu_report). Without CUDA
 it says so in one line and exits 0.
@@ -18,9 +18,10 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 from mgd.gpu_report import StepResult, environment, parse_junit, read_training_run, write_report  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NCCL_OPTS = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "6", "SOLVER.WARMUP_ITERS", "2", "SOLVER.AMP.ENABLED", "True",
              "MGD.UPDATE_ITER", "15", "MGD.UPDATE_FREQ", "[3, 6]", "MGD.UPDATE_SLOW_STEP", "[100]",
@@ -119,7 +120,7 @@ def main():
         steps.append(run_step("build", ["bash", "-c", f"make detectron2 && make overlay && {py} -c \"{ops}\""], left, 300,
                               lambda r: {"detectron2_ops": re.findall(r"^ops: (.*)", r.output_tail, re.M)[-1:]}))
     junit = os.path.join(out, "gpu-tests.xml")
-    steps.append(run_step("gpu-tests", [py, "-m", "pytest", "tests/test_gpu.py", "-q", "-rA", "-p", "no:cacheprovider",
+    steps.append(run_step("gpu-tests", [py, "-m", "pytest", "tests/d2/test_gpu.py", "-q", "-rA", "-p", "no:cacheprovider",
                                         f"--junitxml={junit}"], left, 240, lambda r: parse_junit(junit)))
     core, step = os.path.join(out, "bench_core.json"), os.path.join(out, "bench_step.json")
     steps.append(run_step("bench-core", [py, "benchmarks/bench_core.py", "--device", "cuda", "--json", core], left, 90,

@@ -13,7 +13,7 @@ taken for ImageNet weights. Written atomically (temporary file + rename).
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from mgd.checkpoint import atomic_write, check_output_path  # noqa: E402
 from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402

@@ -7,18 +7,17 @@
 
 Writes OUT/{train,val}/*.png, OUT/annotations/instances_{train,val}.json and
 OUT/synthetic.json, atomically; an existing set written by this script is replaced. The data
-design is described in scripts/synthetic_coco.py. Use it as any COCO-format set:
+design is described in mgd_tools/synthetic_coco.py. Use it as any COCO-format set:
 train_net.py --dataset mgd_synth_train OUT/annotations/instances_train.json OUT/train (and val).
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
-from synthetic_coco import SynthConfig, write_dataset  # noqa: E402
+from mgd_tools.synthetic_coco import SynthConfig, write_dataset  # noqa: E402
 
 
 def build_parser():

@@ -19,7 +19,7 @@ student or shallower (experiments).
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from mgd.checkpoint import (  # noqa: E402
     DEPTH_LAYOUTS,

@@ -14,7 +14,7 @@ merges and splits keep the mark. Files are read as data only; `mark` rewrites at
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: mgd
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from mgd.checkpoint import (  # noqa: E402
     CheckpointError,

@@ -8,23 +8,24 @@ The checkout is the one ``make`` names (``DETECTRON2=pin``: ``detectron2/``; ``l
 Tests that need Detectron2 carry ``@pytest.mark.detectron2``. Without a built checkout
 (``detectron2/detectron2/_C*.so`` absent) they are skipped with a one-line reason and the
 session can pass. With a built checkout, the session imports what the integration tests use
-(``REQUIRED_MODULES`` and every overlay module, from the checkout) and refuses a stale overlay;
-then any ``detectron2`` test that skips, for whatever reason (a failed import here, an
+(``REQUIRED_MODULES`` and every overlay module, from the checkout) after refreshing a stale copy
+of the overlay (:mod:`mgd.overlay`; one line in the header, or the session ends with one line
+when the checkout cannot be written); then any ``detectron2`` test that skips, for whatever reason (a failed import here, an
 ``importorskip`` in a module), fails the session, each skip listed with its reason. Tests that
 need a CUDA GPU also carry ``@pytest.mark.gpu``: their skips where there is none are expected.
 """
-import filecmp
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 from typing import List
 
 import pytest
 
+from mgd.bootstrap import describe_detectron2, detectron2_checkout, use_detectron2_with_overlay
+from mgd.overlay import OverlayError, overlay_modules
+
+#: the repository (pytest.ini's ``pythonpath`` puts it and tests/ on sys.path)
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from mgd.bootstrap import describe_detectron2, detectron2_checkout, detectron2_import_paths  # noqa: E402
 
 #: the checkout under test: DETECTRON2=pin (detectron2/), latest (detectron2-latest/) or DETECTRON2_DIR
 CHECKOUT = Path(detectron2_checkout(str(REPO_ROOT)))
@@ -37,36 +38,28 @@ REQUIRED_MODULES = (
 BUILT = bool(list((CHECKOUT / "detectron2").glob("_C*.so")))
 
 
-def overlay_files() -> List[Path]:
-    """The overlay's files, relative to d2/ (d2/X/y.py is copied to detectron2/X/y.py)."""
-    return sorted(src.relative_to(REPO_ROOT / "d2") for src in (REPO_ROOT / "d2").rglob("*.py"))
-
-
-def overlay_modules() -> List[str]:
-    """Module names of the overlay's files (d2/X/y.py -> detectron2.X.y)."""
-    return ["detectron2." + ".".join(rel.with_suffix("").parts) for rel in overlay_files()]
+#: the line saying which overlay files were refreshed in the checkout (shown at the session's start)
+_REFRESHED: List[str] = []
+#: why the stale overlay could not be refreshed (the session then ends with this one line)
+_OVERLAY_ERROR: List[str] = []
 
 
 def _detectron2_unavailable_reason() -> str:
     """Empty string when the Detectron2 under test and the overlay import, else why not (one line)."""
     # The repository root is on sys.path, where `detectron2/` (the checkout) would otherwise be
-    # imported as an empty namespace package: put the checkout itself first when it is built.
+    # imported as an empty namespace package: the checkout itself goes first when it is built,
+    # its copy of the overlay refreshed from d2/ (the code under test is the repository's).
     if BUILT:
-        for path in reversed(detectron2_import_paths(str(CHECKOUT))):
-            if path not in sys.path:
-                sys.path.insert(0, path)
+        try:
+            use_detectron2_with_overlay(str(REPO_ROOT), exit_on_error=False, say=_REFRESHED.append)
+        except OverlayError as error:  # the session ends at its start (pytest_sessionstart)
+            _OVERLAY_ERROR.append(f"error: {error}")
+            return _OVERLAY_ERROR[0]
     else:
         spec = importlib.util.find_spec("detectron2")
         if spec is None or spec.origin is None:  # absent, or only the empty checkout folder
             return f"Detectron2 not built at {CHECKOUT} (run `make detectron2`)"
-    stale = [
-        f"d2/{rel}" for rel in overlay_files()
-        if not (CHECKOUT / "detectron2" / rel).exists()
-        or not filecmp.cmp(REPO_ROOT / "d2" / rel, CHECKOUT / "detectron2" / rel, shallow=False)
-    ]
-    if BUILT and stale:
-        pytest.exit(f"overlay out of date in {CHECKOUT} ({', '.join(stale)}): run `make overlay`", returncode=3)
-    for name in (*REQUIRED_MODULES, *overlay_modules()):
+    for name in (*REQUIRED_MODULES, *overlay_modules(str(REPO_ROOT))):
         try:
             importlib.import_module(name)
         except Exception as error:  # an ImportError, or any error raised while importing
@@ -89,6 +82,14 @@ def pytest_report_header(config):
     if DETECTRON2_SKIP_REASON:
         return f"detectron2: {DETECTRON2_SKIP_REASON}"
     return describe_detectron2(str(REPO_ROOT), str(CHECKOUT / "detectron2"))
+
+
+def pytest_sessionstart(session):
+    if _OVERLAY_ERROR:
+        pytest.exit(_OVERLAY_ERROR[0], returncode=3)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in _REFRESHED:  # shown even with -q: the copy under test changed
+        reporter.write_line(line) if reporter else print(line)
 
 
 def pytest_collection_modifyitems(config, items):

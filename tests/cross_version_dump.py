@@ -1,5 +1,5 @@
 """Run one MGD model on fixed weights and batches under the Detectron2 on the import path, and
-save what it computes (for tests/test_cross_version.py; not a test itself).
+save what it computes (for tests/d2/test_cross_version.py; not a test itself).
 
     python tests/cross_version_dump.py WEIGHTS.pt OUT.pt
 
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mgd_reference import randomise_norms  # noqa: E402
-from test_d2_support import TINY_INPUT, import_overlay, load_cfg, synthetic_batch  # noqa: E402
+from d2_support import TINY_INPUT, import_overlay, load_cfg, synthetic_batch  # noqa: E402
 
 #: c2..c5 and p3 (an FPN output: the teacher's FPN runs too); every detection kept at inference
 OPTS = TINY_INPUT + ["MGD.IGNORE_INDS", "[5, 6, 7, 8]", "SOLVER.IMS_PER_BATCH", "2",

@@ -1,0 +1,157 @@
+"""train_net.py end to end on CPU: train, resume, split + eval-only, probe, 2 gloo processes."""
+import json
+import re
+
+import pytest
+
+pytestmark = pytest.mark.detectron2
+pytest.importorskip("detectron2", reason="Detectron2 not built here (run `make detectron2`)")
+# the checkout folder alone is an empty namespace package "detectron2": need the real one
+pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (run `make detectron2`)")
+
+from d2_support import (  # noqa: E402
+    REPO,
+    TINY_INPUT,
+    config_dir,
+    import_overlay,
+    load_cfg,
+    make_synthetic_dataset,
+    run_train_net,
+)
+
+AP_LINE = re.compile(r"copypaste: ([-\d.nan]+),([-\d.nan]+),([-\d.nan]+),")
+FAST_MGD = TINY_INPUT + [
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "MGD.UPDATE_ITER", "2",
+    "MGD.UPDATE_FREQ", "[100, 100]", "MGD.UPDATE_SLOW_STEP", "[100]",
+    "MGD.IGNORE_INDS", "[3, 4, 5, 6, 7, 8]",
+]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.getbasetemp() / "mgd_synth_64")
+
+
+@pytest.fixture(scope="module")
+def random_mgd_weights(tmp_path_factory):
+    """A randomly initialised MGD model (teacher and student) saved as MODEL.WEIGHTS: an MGD
+    run refuses to start without weights."""
+    import torch
+
+    import_overlay()
+    from detectron2.modeling import build_model
+
+    root = tmp_path_factory.mktemp("random_mgd")
+    torch.manual_seed(0)
+    model = build_model(load_cfg(root, "demo_mgd_R50_R18.yaml"))
+    torch.save({"model": model.state_dict()}, root / "weights.pth")
+    return root / "weights.pth"
+
+
+def _matchings(out):
+    path = out / "mgd_matching.json"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _probed(text):
+    """{position: (factor, loss/(factor*divisor), suggested factor)} from the probe's table."""
+    rows = re.findall(r"^([cp]\d)\s+([\d.e+-]+)\s+([\d.e+-]+)\s+([\d.e+-]+)$", text, re.M)
+    return {name: tuple(map(float, values)) for name, *values in rows}
+
+
+def _ap(text):
+    found = AP_LINE.findall(text)
+    assert found, "no COCO AP line printed:\n" + text[-3000:]
+    return [float(x) for x in found[-1]]
+
+
+@pytest.mark.slow
+def test_train_resume_split_eval_and_probe(tmp_path, synth, random_mgd_weights):
+    cfg = config_dir(tmp_path) / "demo_mgd_R50_R18.yaml"
+    out = tmp_path / "mgd"
+    opts = FAST_MGD + ["OUTPUT_DIR", out, "DATASETS.TEST", "()", "MODEL.WEIGHTS", random_mgd_weights]
+
+    # a run that stops after 2 iterations (its checkpoint records iteration 1)
+    run_train_net(["--config-file", cfg, *opts, "SOLVER.MAX_ITER", "2"], synth)
+    assert [m["iteration"] for m in _matchings(out)] == [0]
+    assert (out / "config.yaml").exists() and "MGD:" in (out / "config.yaml").read_text()
+
+    # --resume continues at the next iteration and rebuilds margins and matching there
+    proc = run_train_net(["--resume", "--config-file", cfg, *opts, "SOLVER.MAX_ITER", "4"], synth)
+    assert "Starting training from iteration 2" in proc.stdout
+    assert "margins computed from the teacher's norms at iteration 2" in proc.stdout
+    assert [m["iteration"] for m in _matchings(out)] == [0, 2]
+
+    # split the student out and evaluate it; the teacher straight from the .pth
+    pkl = out / "model_final.pkl"
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, REPO / "scripts" / "convert-output-to-d2.py", out / "model_final.pth", pkl],
+                   check=True, cwd=REPO)
+    eval_opts = TINY_INPUT + ["OUTPUT_DIR", tmp_path / "eval"]
+    proc = run_train_net(["--eval-only", "--config-file", cfg, "MODEL.WEIGHTS", pkl, *eval_opts], synth)
+    assert len(_ap(proc.stdout)) == 3
+    assert "Evaluating the student" in proc.stdout
+    assert "not found in the checkpoint" not in proc.stdout  # every student tensor loaded
+    proc = run_train_net(["--eval-only", "--eval-teacher", "--config-file", cfg,
+                          "MODEL.WEIGHTS", out / "model_final.pth", *eval_opts], synth)
+    assert len(_ap(proc.stdout)) == 3 and "Evaluating the teacher" in proc.stdout
+    assert "not found in the checkpoint" not in proc.stdout
+
+    # the loss-factor probe: each loss after its factor and the divisor training uses
+    suggestion = tmp_path / "factors.txt"
+    probe = ["--probe-loss-factors", "--probe-matching-batches", "2", "--config-file", cfg, *opts,
+             "MODEL.WEIGHTS", out / "model_final.pth"]
+    proc = run_train_net(["--probe-output", suggestion, *probe], synth)
+    assert "distillation divisor 16 (IMS_PER_BATCH 2 x MGD.REFERENCE_WORLD_SIZE 8 / 1 processes)" in proc.stdout
+    first = _probed(proc.stdout)
+    assert set(first) == {"c2", "c3", "c4"} and first["c2"][0] == 5e7, proc.stdout[-2000:]
+    line = suggestion.read_text().strip()
+    assert line.startswith("MGD.LOSS_FACTORS [")
+    factors = json.loads(line.split(" ", 1)[1])
+    assert len(factors) == 9 and factors[3:] == [5e6, 5e7, 5e7, 5e5, 0.0, 0.0]
+
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_end_with_identical_matchings(tmp_path, synth, random_mgd_weights):
+    """Two processes on one machine: the divisor counts both (2 x 8 / 2 = 8), and each matching
+    is solved from both ranks' images ((7 + 1) x 2 / 8 = 2: one batch, one image per rank)."""
+    cfg = config_dir(tmp_path) / "demo_mgd_R50_R18.yaml"
+    out = tmp_path / "ddp"
+    run_train_net(["--num-gpus", "2", "--dist-url", "auto", "--config-file", cfg, *FAST_MGD, "MGD.UPDATE_ITER", "7",
+                   "MODEL.WEIGHTS", random_mgd_weights, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out, "DATASETS.TEST", "()"], synth)
+    digests = {}
+    for log in (out / "log.txt", out / "log.txt.rank1"):
+        text = log.read_text()
+        assert "x MGD.REFERENCE_WORLD_SIZE 8 / 2 processes = 8:" in text, log
+        assert "each matching draws 1 batches per process and is solved from" in text, log
+        found = re.findall(r"solved from (.*), 1 batches per rank \(rank (\d), assignment digest (\w+)\); "
+                           r"mean matched cost: (.*)", text)
+        assert len(found) == 1, log
+        digests[found[0][1]] = (found[0][0], *found[0][2:])
+    assert set(digests) == {"0", "1"}
+    assert digests["0"][0].startswith("2 images from ranks 0-1 of 2")
+    assert digests["0"] == digests["1"]  # same statistic, assignment and costs on both ranks
+    assert (out / "model_final.pth").exists()
+
+
+@pytest.mark.slow
+def test_plain_retinanet_trains_and_evaluates_through_train_net(tmp_path, synth):
+    cfg = REPO / "configs" / "demo_retinanet_R_18.yaml"  # as given, run from another folder
+    proc = run_train_net(["--config-file", cfg, *TINY_INPUT, "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
+                          "OUTPUT_DIR", tmp_path / "r18"], synth, cwd=tmp_path)
+    assert len(_ap(proc.stdout)) == 3
+    assert (tmp_path / "r18" / "model_final.pth").exists()
+    assert not (tmp_path / "r18" / "mgd_matching.json").exists()
+
+    # an evaluation that predicts nothing says so, and its results file is strict JSON
+    proc = run_train_net(["--eval-only", "--config-file", cfg, *TINY_INPUT, "MODEL.WEIGHTS",
+                          tmp_path / "r18" / "model_final.pth", "MODEL.RETINANET.SCORE_THRESH_TEST", "1.01",
+                          "OUTPUT_DIR", tmp_path / "none"], synth, cwd=tmp_path)
+    notes = [line for line in proc.stdout.splitlines() if "no predictions on mgd_synth_val" in line]
+    assert len(notes) == 1 and "SCORE_THRESH_TEST 1.01" in notes[0], proc.stdout[-3000:]
+    text = (tmp_path / "none" / "eval_results.json").read_text()
+    results = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
+    assert results["bbox"]["AP"] is None and set(results["bbox"].values()) == {None}
