@@ -216,10 +216,11 @@ def test_every_user_error_class_is_a_user_error():
                              ("detectron2.engine.mgd_scale", "ScaleError"),
                              ("detectron2.engine.mgd_setup", "ConfigError"),
                              ("detectron2.data.mgd_datasets", "DatasetError"),
-                             ("plot_runs", "PlotError"), ("cuda_build_env", "BuildEnvError"),
+                             ("mgd_tools.plots", "PlotError"), ("mgd_tools.cuda_build_env", "BuildEnvError"),
                              ("measure_matched_cost", "MeasureError"),
-                             ("summarize_results", "ResultsError"),
-                             ("synthetic_coco", "SyntheticDataError")):
+                             ("mgd_tools.results_table", "ResultsError"),
+                             ("mgd_tools.synthetic_coco", "SyntheticDataError"),
+                             ("mgd.overlay", "OverlayError")):
             found[name] = getattr(importlib.import_module(module), name)
     finally:
         sys.path.remove(str(REPO / "scripts"))
