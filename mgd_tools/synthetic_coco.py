@@ -462,16 +462,20 @@ def _is_ours(path: Path) -> bool:
 def write_dataset(out, cfg: SynthConfig) -> dict:
     """Generate the set into ``out`` atomically. Returns a small summary dict.
 
-    ``out`` may not exist yet (its parent must), may be an empty folder, or may be a set
-    written by this generator (it is replaced). Anything else is refused.
+    ``out`` may not exist yet (missing parent folders are created, as ``mkdir -p`` does), may be
+    an empty folder, or may be a set written by this generator (it is replaced). Anything else
+    is refused.
     """
     cfg.validate()
     out = Path(out)
     parent = Path(os.path.abspath(out)).parent
-    if not parent.is_dir():
-        what = "is a file" if parent.exists() else "does not exist"
-        raise SyntheticDataError(f"cannot write {str(out)!r}: parent folder {str(parent)!r} "
-                                 f"{what}; create it first")
+    if parent.exists() and not parent.is_dir():
+        raise SyntheticDataError(f"cannot write {str(out)!r}: {str(parent)!r} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SyntheticDataError(f"cannot write {str(out)!r}: cannot create {str(parent)!r} "
+                                 f"({exc.strerror or exc})") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise SyntheticDataError(f"cannot write {str(out)!r}: folder {str(parent)!r} is not "
                                  "writable")

@@ -28,7 +28,7 @@ def shrunk(block: str, root: Path) -> str:
         ("# export RANDOM_INIT=1", "export RANDOM_INIT=1"),  # offline here
         ("make detectron2 && make weights", "make weights"),  # built already
         ("--train 160 --val 60 --size 128", "--train 8 --val 4 --size 64"),
-        ("datasets/mine", str(root / "mine")),
+        ("datasets/mine", str(root / "datasets" / "mine")),  # datasets/ does not exist yet, as in a fresh clone
         ("SOLVER.MAX_ITER 300", "SOLVER.MAX_ITER 4"),
         ('SOLVER.STEPS \\"(240,)\\"', 'SOLVER.STEPS \\"(3,)\\"'),
         ("SOLVER.WARMUP_ITERS 50", "SOLVER.WARMUP_ITERS 1"),

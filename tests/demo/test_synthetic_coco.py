@@ -153,3 +153,11 @@ def test_rewrite_replaces_own_set_atomically(tmp_path):
     assert len(os.listdir(out / "train")) == 3
     assert sorted(os.listdir(tmp_path)) == ["s"]  # no temp or old folders left
 
+
+
+def test_missing_parent_folders_are_created(tmp_path):
+    """`--out datasets/mine` in a fresh clone (no datasets/ yet) writes the set, as mkdir -p would."""
+    out = tmp_path / "datasets" / "deeper" / "mine"
+    proc = run_script("make_synthetic_coco.py", "--out", out, "--train", "2", "--val", "1", "--size", "64")
+    assert proc.returncode == 0, proc.stderr
+    assert len(os.listdir(out / "train")) == 2 and len(os.listdir(out / "val")) == 1
