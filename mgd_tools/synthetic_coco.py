@@ -499,7 +499,7 @@ def write_dataset(out, cfg: SynthConfig) -> dict:
             (tmp / "annotations" / f"instances_{split}.json").write_text(_dumps(coco))
             counts[split] = (len(coco["images"]), len(coco["annotations"]))
         meta = dict(asdict(cfg), categories=[c["name"] for c in CATEGORIES],
-                    generator="scripts/synthetic_coco.py")
+                    generator="mgd_tools/synthetic_coco.py (scripts/make_synthetic_coco.py)")
         (tmp / MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)
         if out.exists():
