@@ -111,7 +111,7 @@ def measure(args) -> dict:
     start = time.perf_counter()
     costs = run_matching_pass(model, batches(dataset_dicts, mapper, args.batch_size),
                               -(-len(dataset_dicts) // args.batch_size), label=f"matched cost on {split}")
-    images = int(model.distiller.images_seen)
+    images = int(model.distiller.last_statistic.images)
     if images != len(dataset_dicts):
         raise MeasureError(f"the matching pass saw {images} images of {len(dataset_dicts)}")
     return {"costs": costs, "images": images, "dataset": split, "teacher": args.teacher,
