@@ -20,6 +20,7 @@ import torch  # noqa: E402
 
 from d2_support import (  # noqa: E402
     REPO,
+    detectron2_env,
     TINY_INPUT,
     import_overlay,
     load_cfg,
@@ -335,3 +336,20 @@ def test_make_weights_never_takes_random_weights_for_imagenet_ones(tmp_path):
     assert (weights / "r-18.pkl").read_bytes() == before
     proc = make("weights", f"WEIGHTS_DIR={weights}")
     assert proc.returncode == 0 and proc.stdout.count("(pretrained weights), kept") == 2, proc.stdout
+
+
+def test_measure_matched_cost_runs_one_pass_over_every_image(files, synth, tmp_path):
+    """The matched-cost tool's success path (the demo's last step): both networks load, one
+    matching pass sees each val image once, and the costs are written."""
+    import json
+
+    out = tmp_path / "cost.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "measure_matched_cost.py"), *synthetic_dataset_args(synth),
+         "--config-file", str(REPO / "configs" / MGD), "--teacher", str(files["teacher.pkl"]),
+         "--student", str(files["student.pkl"]), "--split", "mgd_synth_val", "--out", str(out), *TINY_INPUT],
+        env=dict(detectron2_env(), OMP_NUM_THREADS="2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    result = json.loads(out.read_text())
+    assert result["images"] == 2 and sorted(result["costs"]) == ["c2", "c3", "c4", "c5"]
+    assert "over 2 images" in proc.stdout
