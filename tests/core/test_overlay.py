@@ -77,6 +77,8 @@ def repo_and_checkout_copies(tmp_path: Path):
         shutil.copy(REPO / name, repo / name)
     shutil.copytree(CHECKOUT / "detectron2", checkout / "detectron2", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(CHECKOUT / "configs", checkout / "configs")
+    if (CHECKOUT / "mgd-python-deps").is_dir():  # today's Detectron2: its extra packages
+        (checkout / "mgd-python-deps").symlink_to(CHECKOUT / "mgd-python-deps")
     assert copy_overlay(repo, checkout) == []  # the copy was up to date before the edit
     setup = repo / "d2" / "engine" / "mgd_setup.py"
     setup.write_text(setup.read_text() + f"\nprint({MARK!r}, flush=True)\n")
