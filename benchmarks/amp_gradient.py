@@ -78,11 +78,11 @@ def prepare(model, batch, fit_norms: bool) -> Dict[str, float]:
     affine fitted to the targets. Returns {position: |GN(s) - target| / |target|}."""
     from mgd.reducers import reduce_teacher
 
+    from detectron2.engine.mgd_matching_pass import run_matching_pass
+
     model.eval()
     model.update_margins()
-    model.reset_matching()
-    model.accumulate_matching(batch)
-    model.finish_matching()
+    run_matching_pass(model, iter([batch]), 1, label="amp_gradient matching")
     model.train()
     d = model.distiller
     with torch.no_grad():
@@ -149,7 +149,7 @@ def compare(reference: Dict[str, Tensor], grads: Dict[str, Tensor]) -> Dict[str,
 
 def measure(kind: str, size: int, images: int, precisions, noise: float = 0.01, init_scale: float = 2.0 ** 16) -> dict:
     """Everything above for one student ``kind``: {"closeness", "float32_loss", precision: figures}."""
-    from d2_support import synthetic_batch
+    from mgd_tools.training_batch import synthetic_batch
 
     model = build(kind, size, noise)
     batch = synthetic_batch(images, size=size, seed=3)

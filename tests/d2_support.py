@@ -61,21 +61,10 @@ def import_overlay():
 
 
 def synthetic_batch(n=2, size=SYNTH_SIZE, seed=0, num_classes=4):
-    """Detectron2 training inputs: random images with 1-3 random boxes each."""
-    from detectron2.structures import Boxes, Instances
+    """Detectron2 training inputs: random images with 1-3 random boxes each (mgd_tools.training_batch)."""
+    from mgd_tools.training_batch import synthetic_batch as make
 
-    g = torch.Generator().manual_seed(seed)
-    batch = []
-    for _ in range(n):
-        k = int(torch.randint(1, 4, (1,), generator=g))
-        xy = torch.rand(k, 2, generator=g) * size * 0.6
-        wh = 6 + torch.rand(k, 2, generator=g) * size * 0.35
-        inst = Instances((size, size))
-        inst.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1))
-        inst.gt_classes = torch.randint(0, num_classes, (k,), generator=g)
-        image = torch.rand(3, size, size, generator=g) * 255
-        batch.append({"image": image, "instances": inst, "height": size, "width": size})
-    return batch
+    return make(n, size=size, seed=seed, num_classes=num_classes)
 
 
 def make_synthetic_dataset(root: Path, train=16, val=8, size=SYNTH_SIZE) -> Path:

@@ -40,3 +40,18 @@ def test_float16_distillation_gradient_agrees_with_float32(kind, max_error, min_
     assert got["cosine"] >= min_cosine
     if kind == "close":
         assert max(result["closeness"].values()) < 0.1
+
+
+def test_the_benchmark_runs_as_a_command_line():
+    """`python benchmarks/amp_gradient.py` imports nothing from tests/ (it did once, through a
+    merge, and only this command line noticed)."""
+    import subprocess
+
+    from d2_support import detectron2_env
+
+    env = {k: v for k, v in detectron2_env().items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "amp_gradient.py"), "--size", "64",
+                           "--students", "random", "--precisions", "float16"],
+                          cwd=REPO, env=dict(env, OMP_NUM_THREADS="2"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line for line in proc.stdout.splitlines() if line.split()[:1] == ["float16"]], proc.stdout
