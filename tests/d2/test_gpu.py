@@ -252,8 +252,9 @@ def test_nms_and_roi_align_on_cuda_match_cpu():
     rois = torch.cat([torch.randint(0, 2, (50, 1), generator=g).float(), boxes[:50] / 6], dim=1)
     for aligned in (False, True):
         pool = ROIAlign((7, 7), spatial_scale=1.0, sampling_ratio=2, aligned=aligned)
+        # float32 sums in another order: 1.2e-5 apart on one of 19,600 values on an H200
         torch.testing.assert_close(pool(features.cuda(), rois.cuda()).cpu(), pool(features, rois),
-                                   rtol=1e-5, atol=1e-5)
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_the_pins_own_cuda_ops_match_cpu():
