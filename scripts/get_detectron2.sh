@@ -119,6 +119,22 @@ if ! ls detectron2/_C*.so >/dev/null 2>&1; then
         tail -20 build.log >&2
         die "building Detectron2's extension failed; the full log is $dest/build.log"
     }
+    # Call the new module once: a build against a mismatched C++ runtime can import fine and
+    # crash (SIGSEGV) at its first call returning a string, which Detectron2's environment
+    # report makes at every start (seen on a GPU image whose default CC was a wrapped GCC).
+    rc=0
+    # (in a child of Python, so that a crash is an exit status, not a line of bash's own)
+    PYTHONPATH="$PWD:$PWD/mgd-python-deps${PYTHONPATH:+:$PYTHONPATH}" "$python" -c 'import subprocess, sys
+r = subprocess.run([sys.executable, "-c", "import detectron2._C as ops; ops.get_compiler_version(); ops.get_cuda_version()"])
+sys.exit(128 - r.returncode if r.returncode < 0 else r.returncode)' > build-check.log 2>&1 || rc=$?
+    if [ $rc -gt 128 ]; then
+        rm -f detectron2/_C*.so  # never keep a build that crashes when called
+        die "the extension just built crashes when called (signal $((rc - 128)); built with CXX=${CXX:-c++}); rebuild with the system compiler: CC=/usr/bin/gcc CXX=/usr/bin/g++ make detectron2"
+    elif [ $rc -ne 0 ]; then  # e.g. a package Detectron2 imports is missing: not the build's fault
+        say "warning: could not call the new module to check it (exit $rc; see $dest/build-check.log)"
+    else
+        rm -f build-check.log
+    fi
     mkdir -p build && echo "$MGD_BUILD_TARGET" > "$stamp" && echo "$commit" > "$commit_stamp"
     say "build took $((SECONDS - start)) s"
     built=$MGD_BUILD_TARGET

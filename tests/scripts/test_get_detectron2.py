@@ -10,9 +10,15 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "get_detectron2.sh"
 
 FAKE_SETUP = """
-import pathlib, subprocess
+import os, pathlib, subprocess
 head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 pathlib.Path("detectron2/_C.fake.so").write_text(head)
+# what the script calls after a build: a module that answers, or one that crashes as a build
+# against a mismatched C++ runtime did
+crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)" if os.environ.get("FAKE_CRASH") else "pass"
+pathlib.Path("detectron2/_C.py").write_text(
+    f"def get_compiler_version():\\n    {crash}\\n    return 'GCC'\\n"
+    "def get_cuda_version():\\n    return 'not available'\\n")
 """
 
 
@@ -30,6 +36,8 @@ def upstream(tmp_path):
     _git(repo, "init", "-q")
     listed = subprocess.run([sys.executable, REPO / "scripts" / "patch_detectron2.py", "--list"],
                             capture_output=True, text=True, check=True).stdout.split()
+    (repo / "detectron2").mkdir()
+    (repo / "detectron2" / "__init__.py").write_text("")
     for path in listed:
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text("x = Image.LINEAR\n" if path.endswith("transform.py") else "x = 1\n")
@@ -43,10 +51,10 @@ def upstream(tmp_path):
     return repo, first, _git(repo, "rev-parse", "HEAD")
 
 
-def _get(dest, repo, commit):
+def _get(dest, repo, commit, **env):
     return subprocess.run(["bash", SCRIPT, dest, repo, commit], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "FORCE_CUDA": "0",
-                               "HOME": str(dest.parent)}, timeout=300)
+                               "HOME": str(dest.parent), **env}, timeout=300)
 
 
 def _built_from(dest) -> str:
@@ -99,3 +107,18 @@ def test_an_unreachable_repository_exits_3(tmp_path):
     proc = _get(tmp_path / "checkout", tmp_path / "no-such-repo", "0" * 40)
     assert proc.returncode == 3
     assert proc.stderr.startswith("error: cannot clone ") and not (tmp_path / "checkout").exists()
+
+
+def test_a_build_that_crashes_when_called_is_refused_and_not_kept(upstream, tmp_path):
+    repo, first, _ = upstream
+    dest = tmp_path / "checkout"
+    proc = _get(dest, repo, first, FAKE_CRASH="1", CXX="/opt/gcc/bin/g++")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the extension just built crashes when called "
+                                                   "(signal 11; built with CXX=/opt/gcc/bin/g++)"), lines
+    assert "CC=/usr/bin/gcc CXX=/usr/bin/g++ make detectron2" in lines[0]
+    assert not list((dest / "detectron2").glob("_C*.so"))  # never kept
+    proc = _get(dest, repo, first)  # the next run builds again (with a compiler that works)
+    assert proc.returncode == 0 and "building the C++ extension" in proc.stdout, proc.stdout + proc.stderr
+    assert _built_from(dest) == first
