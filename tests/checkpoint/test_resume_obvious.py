@@ -166,12 +166,13 @@ def _interrupt(cmd, after_iterations=2, cwd=REPO):
     env = dict(detectron2_env(), MGD_PROGRESS_SECONDS="0.2", OMP_NUM_THREADS="2")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    lines = []
+    lines, masks = [], "(none: SIGINT was never sent)"
     try:
         for line in proc.stdout:
             lines.append(line)
             done = re.search(r"progress: iteration (\d+)/\d+, ", line)
             if done and int(done.group(1)) >= after_iterations:
+                masks = _signal_dispositions(proc.pid)  # for the failure message, should one come
                 os.killpg(proc.pid, signal.SIGINT)
                 break
         lines += proc.stdout.readlines()
@@ -179,13 +180,33 @@ def _interrupt(cmd, after_iterations=2, cwd=REPO):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    if not any(line.startswith("interrupted") for line in lines):
+        lines.append(f"\n[test] no 'interrupted' line; the group's processes when SIGINT was sent:\n{masks}\n")
     return proc.returncode, "".join(lines)
+
+
+def _signal_dispositions(group: int) -> str:
+    """Each process of process group ``group``: its command and SigBlk/SigIgn/SigCgt masks (Linux)."""
+    rows = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != group:  # pgrp
+                continue
+            status = (stat.parent / "status").read_text()
+            masks = " ".join(x.replace("\t", "") for x in status.splitlines() if x.startswith(("SigBlk", "SigIgn", "SigCgt")))
+            command = (stat.parent / "cmdline").read_text().replace("\0", " ")[:100]
+            rows.append(f"  {stat.parent.name} {masks} {command}")
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+    return "\n".join(rows)
 
 
 SAVED = re.compile(r"^interrupted: saved (\S+/model_(\d{7})\.pth) after iteration (\d+); resume with: (.+)$", re.M)
 
 
 @pytest.mark.slow
+@pytest.mark.latest_pass
 def test_ctrl_c_saves_the_last_iteration_and_the_printed_command_resumes(tmp_path, synth):
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train_net.py"), *map(str, synthetic_dataset_args(synth)), "--config-file",

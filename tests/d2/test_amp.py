@@ -145,6 +145,7 @@ def test_amp_per_position_losses_stay_close_to_float32(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.latest_pass
 def test_amp_resume_restores_the_loss_scaler_state(tmp_path):
     """The scaler's state goes into checkpoints and comes back on --resume.
 
@@ -188,6 +189,7 @@ class _Snapshots(HookBase):
 
 
 @pytest.mark.slow
+@pytest.mark.latest_pass
 def test_float16_step_skips_an_inf_gradient_and_lowers_the_scale(tmp_path):
     """Through MGDTrainer.run_step, float16 on CPU: step 0's gradient of one student weight is
     made inf: no parameter moves, no optimizer state is created, the scale halves (2^16 -> 2^15)

@@ -24,7 +24,7 @@ from d2_support import (
     synthetic_dataset_args,
 )
 
-pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
+pytestmark = [pytest.mark.detectron2, pytest.mark.slow, pytest.mark.latest_pass]
 
 FAST_MGD = TINY_INPUT + [
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.MAX_ITER", "2",

@@ -66,6 +66,7 @@ def _ap(text):
 
 
 @pytest.mark.slow
+@pytest.mark.latest_pass
 def test_train_resume_split_eval_and_probe(tmp_path, synth, random_mgd_weights):
     cfg = config_dir(tmp_path) / "demo_mgd_R50_R18.yaml"
     out = tmp_path / "mgd"
@@ -115,6 +116,7 @@ def test_train_resume_split_eval_and_probe(tmp_path, synth, random_mgd_weights):
 
 
 @pytest.mark.slow
+@pytest.mark.latest_pass
 def test_two_gloo_processes_end_with_identical_matchings(tmp_path, synth, random_mgd_weights):
     """Two processes on one machine: the divisor counts both (2 x 8 / 2 = 8), and each matching
     is solved from both ranks' images ((7 + 1) x 2 / 8 = 2: one batch, one image per rank)."""
