@@ -122,8 +122,8 @@ if ! ls detectron2/_C*.so >/dev/null 2>&1; then
     # Call the new module once: a build against a mismatched C++ runtime can import fine and
     # crash (SIGSEGV) at its first call returning a string, which Detectron2's environment
     # report makes at every start (seen on a GPU image whose default CC was a wrapped GCC).
+    # The call runs in a child of Python, so that a crash is an exit status, not a bash message.
     rc=0
-    # (in a child of Python, so that a crash is an exit status, not a line of bash's own)
     PYTHONPATH="$PWD:$PWD/mgd-python-deps${PYTHONPATH:+:$PYTHONPATH}" "$python" -c 'import subprocess, sys
 r = subprocess.run([sys.executable, "-c", "import detectron2._C as ops; ops.get_compiler_version(); ops.get_cuda_version()"])
 sys.exit(128 - r.returncode if r.returncode < 0 else r.returncode)' > build-check.log 2>&1 || rc=$?

@@ -15,7 +15,8 @@ head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=Tr
 pathlib.Path("detectron2/_C.fake.so").write_text(head)
 # what the script calls after a build: a module that answers, or one that crashes as a build
 # against a mismatched C++ runtime did
-crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)" if os.environ.get("FAKE_CRASH") else "pass"
+crash = {"segv": "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+         "import": "raise ImportError('no module named fvcore')"}.get(os.environ.get("FAKE_CALL"), "pass")
 pathlib.Path("detectron2/_C.py").write_text(
     f"def get_compiler_version():\\n    {crash}\\n    return 'GCC'\\n"
     "def get_cuda_version():\\n    return 'not available'\\n")
@@ -112,7 +113,7 @@ def test_an_unreachable_repository_exits_3(tmp_path):
 def test_a_build_that_crashes_when_called_is_refused_and_not_kept(upstream, tmp_path):
     repo, first, _ = upstream
     dest = tmp_path / "checkout"
-    proc = _get(dest, repo, first, FAKE_CRASH="1", CXX="/opt/gcc/bin/g++")
+    proc = _get(dest, repo, first, FAKE_CALL="segv", CXX="/opt/gcc/bin/g++")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the extension just built crashes when called "
@@ -122,3 +123,13 @@ def test_a_build_that_crashes_when_called_is_refused_and_not_kept(upstream, tmp_
     proc = _get(dest, repo, first)  # the next run builds again (with a compiler that works)
     assert proc.returncode == 0 and "building the C++ extension" in proc.stdout, proc.stdout + proc.stderr
     assert _built_from(dest) == first
+
+
+def test_a_module_that_cannot_be_called_for_another_reason_is_kept_with_a_warning(upstream, tmp_path):
+    repo, first, _ = upstream
+    dest = tmp_path / "checkout"
+    proc = _get(dest, repo, first, FAKE_CALL="import")  # e.g. a package Detectron2 imports is missing
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warning: could not call the new module to check it (exit 1; see " in proc.stdout
+    assert "no module named fvcore" in (dest / "build-check.log").read_text()
+    assert _built_from(dest) == first  # the build is kept: not its fault
