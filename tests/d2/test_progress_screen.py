@@ -224,6 +224,7 @@ def _guard():
 
 def test_ctrl_c_inside_an_update_is_held_until_the_update_ends():
     guard = _guard()
+    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     guard.before_train()
     try:
         guard.trainer.optimizer.hook(None, (), {})  # the optimizer's step begins
@@ -233,7 +234,7 @@ def test_ctrl_c_inside_an_update_is_held_until_the_update_ends():
         assert guard.completed == 5
     finally:
         guard.after_train()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
 
 
 def test_ctrl_c_outside_an_update_stops_at_once_with_the_last_finished_iteration():
