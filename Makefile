@@ -79,7 +79,7 @@ USER_VARIABLES := PYTHON DETECTRON2 DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2
                   WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
                   EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT EVAL_REPLACE BASE_CONFIG MGD_CONFIG \
                   ALLOW_ANY_TEACHER DEMO_DIR SEEDS DATASETS SCALE RESUME FRESH PROBE_OUTPUT PROBE_FACTORS \
-                  PROBE_ARGS RUNS PLOTS_DIR PYTEST_ARGS LATEST_MARKS
+                  PROBE_ARGS RUNS PLOTS_DIR PYTEST_ARGS PYTEST_WORKERS LATEST_MARKS
 
 # Make the in-place Detectron2 build and this repository importable for every command below
 # (mgd/bootstrap.py does the same for a command run by hand: it reads MGD_DETECTRON2_DIR).
@@ -171,6 +171,13 @@ overlay: ## copy d2/ modules (d2/X/y.py -> detectron2/X/y.py) and configs/ into 
 # Detectron2 while the same test passed alone: see docs/detectron2-versions.md.)
 PYTEST_MARKS      ?=
 LATEST_MARKS      ?= not slow or latest_pass
+# Tests run in PYTEST_WORKERS processes side by side (pytest-xdist; default: one per CPU core;
+# on 2 cores the pin's suite took 25 min instead of 46, see the README); the tests of
+# one module stay in one process (--dist loadscope), so a module's shared fixture (the demo chain,
+# the bad-input cases) is made once. PYTEST_WORKERS=0 runs them in pytest's own process (pdb).
+# Detectron2's own tests (test-detectron2) are spread test by test (--dist worksteal).
+PYTEST_WORKERS    ?= $(shell nproc 2>/dev/null || echo 1)
+_pytest_workers    = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist $(1))
 TEST_LATEST       ?= $(if $(and $(filter pin,$(DETECTRON2)),$(filter file,$(origin DETECTRON2_DIR))),1)
 ONLY_DETECTRON2   ?=
 _test_only         = $(if $(ONLY_DETECTRON2),detectron2)
@@ -182,7 +189,7 @@ test: install ## build Detectron2 when possible, then run every test (both Detec
 	    $(MAKE) --no-print-directory overlay; \
 	else echo "Detectron2 tests will be skipped: $(DETECTRON2_DIR) could not be built (see the error above)"; fi
 	@$(if $(TEST_LATEST),$(MAKE) --no-print-directory latest-for-tests)
-	$(PYTHON) -m pytest $(if $(_test_marks),-m "$(_test_marks)") $(PYTEST_ARGS)
+	$(PYTHON) -m pytest $(call _pytest_workers,loadscope) $(if $(_test_marks),-m "$(_test_marks)") $(PYTEST_ARGS)
 	@if ls $(D2_PACKAGE)/_C*.so >/dev/null 2>&1; then $(MAKE) --no-print-directory test-detectron2; fi
 	@$(if $(TEST_LATEST),if ls detectron2-latest/detectron2/_C*.so >/dev/null 2>&1; then \
 	    echo "=== the Detectron2 tests on today's Detectron2 (DETECTRON2=latest)"; \
@@ -202,7 +209,7 @@ test-fast: ## run the tests without the slow end-to-end ones
 .PHONY: test-detectron2
 test-detectron2: ## Detectron2's own tests/ in DETECTRON2_DIR; fails on a failure not in tests/detectron2_expected_failures.$(DETECTRON2).txt
 	@test -n "$(D2_BUILT)" || { echo "error: Detectron2 is not built in $(DETECTRON2_DIR); run 'make detectron2' first" >&2; exit 2; }
-	$(PYTHON) scripts/run_detectron2_tests.py $(DETECTRON2_DIR) tests/detectron2_expected_failures.$(DETECTRON2).txt
+	$(PYTHON) scripts/run_detectron2_tests.py $(DETECTRON2_DIR) tests/detectron2_expected_failures.$(DETECTRON2).txt $(call _pytest_workers,worksteal)
 
 CUDA_CHECK_DIR   ?= build/cuda-check/detectron2
 CUDA_CHECK_ARCHS ?= 9.0

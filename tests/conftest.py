@@ -68,9 +68,7 @@ def _detectron2_unavailable_reason() -> str:
 
 
 DETECTRON2_SKIP_REASON = _detectron2_unavailable_reason()
-#: node ids of the tests whose skip would hide a broken build (detectron2, not gpu)
-_GUARDED = set()
-#: "node id: reason" of each such skip in this session
+#: "node id: reason" of each skip that would hide a broken build (a detectron2 test, not gpu)
 _HIDDEN_SKIPS: List[str] = []
 
 
@@ -93,9 +91,6 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if "detectron2" in item.keywords and "gpu" not in item.keywords:
-            _GUARDED.add(item.nodeid)
     if not DETECTRON2_SKIP_REASON:
         return
     skip = pytest.mark.skip(reason=DETECTRON2_SKIP_REASON)
@@ -119,8 +114,11 @@ def pytest_collectreport(report):
 
 
 def pytest_runtest_logreport(report):
-    # (an expected failure, xfail, is reported as skipped too: not a skip)
-    if BUILT and report.skipped and report.nodeid in _GUARDED and not hasattr(report, "wasxfail"):
+    # The report's own keywords (its markers among them) say whether the test is guarded: with
+    # pytest-xdist this hook runs in the controlling process, which never collects the tests.
+    # (An expected failure, xfail, is reported as skipped too: not a skip.)
+    guarded = "detectron2" in report.keywords and "gpu" not in report.keywords
+    if BUILT and report.skipped and guarded and not hasattr(report, "wasxfail"):
         _HIDDEN_SKIPS.append(f"{report.nodeid}: {_skip_reason(report)}")
 
 

@@ -67,29 +67,38 @@ def make_tree(root: Path, built: bool = True, broken: str = "", extra_test: str 
     return root
 
 
-def run_pytest(root: Path) -> subprocess.CompletedProcess:
+def run_pytest(root: Path, workers: int = 0) -> subprocess.CompletedProcess:
+    """pytest in ``root``; with ``workers`` > 0, in that many pytest-xdist processes as `make test`
+    runs it (the hooks that guard skips then see the reports in the controlling process)."""
     # the fake tree's own detectron2/, whatever checkout this session tests
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MGD_DETECTRON2_DIR")}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"], cwd=root,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    parallel = ["-n", str(workers), "--dist", "loadscope"] if workers else []
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *parallel],
+                          cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
 
 
-def test_a_built_pin_that_imports_passes(tmp_path):
-    proc = run_pytest(make_tree(tmp_path))
+#: run each guard test in one pytest process and in two xdist workers (what `make test` does)
+WORKERS = pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "xdist"])
+
+
+@WORKERS
+def test_a_built_pin_that_imports_passes(tmp_path, workers):
+    proc = run_pytest(make_tree(tmp_path), workers)
     assert proc.returncode == 0, proc.stdout
     assert "2 passed, 1 skipped, 1 xfailed" in proc.stdout  # the GPU skip and the xfail are expected
 
 
-@pytest.mark.parametrize("broken", ["modeling", "engine", "data", "evaluation"])
-def test_a_built_pin_that_breaks_on_import_fails_the_session(tmp_path, broken):
-    proc = run_pytest(make_tree(tmp_path, broken=broken))
+@pytest.mark.parametrize("broken, workers", [("modeling", 0), ("engine", 0), ("data", 2), ("evaluation", 0)])
+def test_a_built_pin_that_breaks_on_import_fails_the_session(tmp_path, broken, workers):
+    proc = run_pytest(make_tree(tmp_path, broken=broken), workers)
     assert proc.returncode == 1, proc.stdout
     assert f"cause: `import detectron2.{broken}` fails: ImportError: broken on purpose: {broken}" in proc.stdout
     assert "tests/test_sample.py::test_needs_detectron2" in proc.stdout
     assert "the session fails" in proc.stdout
 
 
-def test_a_skip_inside_a_detectron2_test_fails_the_session_when_built(tmp_path):
+@WORKERS
+def test_a_skip_inside_a_detectron2_test_fails_the_session_when_built(tmp_path, workers):
     extra = '''
         import pytest
 
@@ -100,12 +109,13 @@ def test_a_skip_inside_a_detectron2_test_fails_the_session_when_built(tmp_path):
         def test_never_collected():
             pass
     '''
-    proc = run_pytest(make_tree(tmp_path, extra_test=extra))
+    proc = run_pytest(make_tree(tmp_path, extra_test=extra), workers)
     assert proc.returncode == 1, proc.stdout
     assert "tests/test_extra.py (whole module): a module-level skip" in proc.stdout
 
 
-def test_a_skip_at_run_time_fails_the_session_when_built(tmp_path):
+@WORKERS
+def test_a_skip_at_run_time_fails_the_session_when_built(tmp_path, workers):
     extra = '''
         import pytest
 
@@ -114,13 +124,14 @@ def test_a_skip_at_run_time_fails_the_session_when_built(tmp_path):
         def test_skips():
             pytest.skip("a skip inside the test")
     '''
-    proc = run_pytest(make_tree(tmp_path, extra_test=extra))
+    proc = run_pytest(make_tree(tmp_path, extra_test=extra), workers)
     assert proc.returncode == 1, proc.stdout
     assert "tests/test_extra.py::test_skips: a skip inside the test" in proc.stdout
 
 
-def test_without_a_built_pin_the_detectron2_tests_skip_and_pass(tmp_path):
-    proc = run_pytest(make_tree(tmp_path, built=False, broken="modeling"))
+@WORKERS
+def test_without_a_built_pin_the_detectron2_tests_skip_and_pass(tmp_path, workers):
+    proc = run_pytest(make_tree(tmp_path, built=False, broken="modeling"), workers)
     assert proc.returncode == 0, proc.stdout
     assert "1 passed, 3 skipped" in proc.stdout
     assert "Detectron2 not built at " in proc.stdout
