@@ -172,12 +172,14 @@ overlay: ## copy d2/ modules (d2/X/y.py -> detectron2/X/y.py) and configs/ into 
 PYTEST_MARKS      ?=
 LATEST_MARKS      ?= not slow or latest_pass
 # Tests run in PYTEST_WORKERS processes side by side (pytest-xdist; default: one per CPU core;
-# on 2 cores the pin's suite took 25 min instead of 46, see the README); the tests of
+# on 2 cores the pin's suite took 17 min instead of 46, see the README); the tests of
 # one module stay in one process (--dist loadscope), so a module's shared fixture (the demo chain,
 # the bad-input cases) is made once. PYTEST_WORKERS=0 runs them in pytest's own process (pdb).
-# Detectron2's own tests (test-detectron2) are spread test by test (--dist worksteal).
+# Detectron2's own tests (test-detectron2) are spread test by test (--dist worksteal). Without
+# pytest-xdist installed (`make install` installs it) they run in one process.
 PYTEST_WORKERS    ?= $(shell nproc 2>/dev/null || echo 1)
-_pytest_workers    = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist $(1))
+_pytest_workers    = $(if $(and $(filter-out 0,$(PYTEST_WORKERS)),$(shell $(PYTHON) -c 'import xdist' 2>/dev/null && echo 1)),\
+                       -n $(PYTEST_WORKERS) --dist $(1))
 TEST_LATEST       ?= $(if $(and $(filter pin,$(DETECTRON2)),$(filter file,$(origin DETECTRON2_DIR))),1)
 ONLY_DETECTRON2   ?=
 _test_only         = $(if $(ONLY_DETECTRON2),detectron2)
