@@ -167,12 +167,11 @@ overlay: ## copy d2/ modules (d2/X/y.py -> detectron2/X/y.py) and configs/ into 
 # differ (~12 min here instead of ~21 for all). The other slow ones (whole chains through make:
 # the demo, the README's own-data block, make weights/base/eval end to end) exercise the same
 # overlay code; `make test DETECTRON2=latest` runs them all, and `make demo DETECTRON2=latest`
-# the chain. (Once, in a full run, Ctrl-C of `make base` did not stop the training on today's
-# Detectron2 while the same test passed alone: see docs/detectron2-versions.md.)
+# the chain.
 PYTEST_MARKS      ?=
 LATEST_MARKS      ?= not slow or latest_pass
 # Tests run in PYTEST_WORKERS processes side by side (pytest-xdist; default: one per CPU core;
-# on 2 cores the pin's suite took 17 min instead of 46, see the README); the tests of
+# on 2 cores side by side the pin's suite took 11 min instead of 20, see the README); the tests of
 # one module stay in one process (--dist loadscope), so a module's shared fixture (the demo chain,
 # the bad-input cases) is made once. PYTEST_WORKERS=0 runs them in pytest's own process (pdb).
 # Detectron2's own tests (test-detectron2) are spread test by test (--dist worksteal). Without

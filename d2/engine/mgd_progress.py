@@ -119,11 +119,12 @@ class ProgressHook(HookBase):
                 f"elapsed, {rate:.2f} s/iter, {self._eta()}")
 
     def beat(self) -> None:
-        """One heartbeat: a line if the current step has run for ``period`` without one."""
-        if not self.clock.due():
+        """One heartbeat: a line if the current step has run for ``period`` without one (a step
+        shorter than that ends with :meth:`after_step`'s line, which has the s/iter)."""
+        running = self.clock.clock() - self._step_start
+        if not self.clock.due() or running < self.clock.period:
             return
         t = self.trainer
-        running = self.clock.clock() - self._step_start
         logger.info(f"progress: iteration {t.iter + 1}/{t.max_iter} running for {format_seconds(running)}, "
                     f"{format_seconds(self.clock.clock() - self._start)} elapsed, {self._eta()}")
         self.clock.mark()

@@ -160,9 +160,23 @@ def test_make_base_refuses_a_restart_names_resume_1_and_resumes(tmp_path, synth,
     assert "Starting training from iteration 2" in resumed.stdout and _iteration(run / "model_final.pth") == 2
 
 
+#: a progress line: "iteration i/N, ..." once iteration i finished, "iteration i/N running for ..."
+#: while iteration i runs (the heartbeat, when a step outlasts MGD_PROGRESS_SECONDS)
+PROGRESS_LINE = re.compile(r"progress: iteration (\d+)/\d+(,| running for)")
+
+
+def _iterations_finished(line: str):
+    """The iterations a progress line says have finished (None for another line)."""
+    progress = PROGRESS_LINE.search(line)
+    if progress is None:
+        return None
+    return int(progress.group(1)) - (progress.group(2) == " running for")
+
+
 def _interrupt(cmd, after_iterations=2, cwd=REPO):
     """Run ``cmd`` in its own process group, Ctrl-C it (SIGINT to the group, as a terminal does)
-    once ``after_iterations`` iterations have finished; returns (exit code, output)."""
+    once a progress line says ``after_iterations`` iterations have finished; returns (exit code,
+    output, the iterations finished by that line's time, None if SIGINT was never sent)."""
     env = dict(detectron2_env(), MGD_PROGRESS_SECONDS="0.2", OMP_NUM_THREADS="2")
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -170,11 +184,13 @@ def _interrupt(cmd, after_iterations=2, cwd=REPO):
     try:
         for line in proc.stdout:
             lines.append(line)
-            done = re.search(r"progress: iteration (\d+)/\d+, ", line)
-            if done and int(done.group(1)) >= after_iterations:
+            finished = _iterations_finished(line)
+            if finished is not None and finished >= after_iterations:
                 masks = _signal_dispositions(proc.pid)  # for the failure message, should one come
                 os.killpg(proc.pid, signal.SIGINT)
                 break
+        else:
+            finished = None
         lines += proc.stdout.readlines()
         proc.wait(timeout=300)
     finally:
@@ -182,7 +198,14 @@ def _interrupt(cmd, after_iterations=2, cwd=REPO):
             os.killpg(proc.pid, signal.SIGKILL)
     if not any(line.startswith("interrupted") for line in lines):
         lines.append(f"\n[test] no 'interrupted' line; the group's processes when SIGINT was sent:\n{masks}\n")
-    return proc.returncode, "".join(lines)
+    return proc.returncode, "".join(lines), finished
+
+
+def _assert_stopped_promptly(done: int, finished_when_sent: int) -> None:
+    """The run stopped within a few iterations of the Ctrl-C (at once, or after the update it
+    held; the margin is for the test reading the pipe late), not trained on."""
+    assert finished_when_sent is not None, "SIGINT was never sent"
+    assert finished_when_sent <= done <= finished_when_sent + 3, (done, finished_when_sent)
 
 
 def _signal_dispositions(group: int) -> str:
@@ -211,7 +234,7 @@ def test_ctrl_c_saves_the_last_iteration_and_the_printed_command_resumes(tmp_pat
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train_net.py"), *map(str, synthetic_dataset_args(synth)), "--config-file",
            str(R18_DEMO), *TINY_RUN, "SOLVER.MAX_ITER", "500", "OUTPUT_DIR", str(out)]
-    code, output = _interrupt(cmd)
+    code, output, finished_when_sent = _interrupt(cmd)
     assert code == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     last = output.strip().splitlines()[-1]
@@ -219,6 +242,7 @@ def test_ctrl_c_saves_the_last_iteration_and_the_printed_command_resumes(tmp_pat
     assert match, last
     path, step, done, command = match.groups()
     assert Path(path) == out / f"model_{step}.pth" and int(done) == int(step) + 1 >= 2
+    _assert_stopped_promptly(int(done), finished_when_sent)
     assert _iteration(Path(path)) == int(step)
     assert (out / "last_checkpoint").read_text() == f"model_{step}.pth"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -237,12 +261,13 @@ def test_ctrl_c_saves_the_last_iteration_and_the_printed_command_resumes(tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_of_a_make_target_names_the_make_command_with_resume_1(tmp_path, synth, weights_dir):
     args = _make_base_args(tmp_path, synth, weights_dir, 500)
-    code, output = _interrupt(["make", "--no-print-directory", *args, f"PYTHON={sys.executable}"])
+    code, output, finished_when_sent = _interrupt(["make", "--no-print-directory", *args, f"PYTHON={sys.executable}"])
     assert "Traceback" not in output, output[-3000:]
     line = [x for x in output.splitlines() if x.startswith("interrupted")]
     assert len(line) == 1, output[-3000:]
     match = SAVED.match(line[0])
     assert match and Path(match.group(1)).parent == tmp_path / "base-R18", line[0]
+    _assert_stopped_promptly(int(match.group(3)), finished_when_sent)
     words = shlex.split(match.group(4))
     assert words[:2] == ["make", "base"] and words[-1] == "RESUME=1"
     assert f"OUTPUT_DIR={tmp_path}" in words and "DEPTH=18" in words

@@ -113,6 +113,25 @@ def test_a_slow_iteration_gets_heartbeat_lines(mgd_lines, monkeypatch):
         hook.after_train()
 
 
+def test_no_heartbeat_line_while_a_short_step_runs(mgd_lines, monkeypatch):
+    """The log has been silent for 35 s, but the step now running began 2 s ago: the heartbeat
+    waits, and the step's end prints the line with the s/iter."""
+    monkeypatch.delenv("MGD_PROGRESS_SECONDS", raising=False)
+    fake = FakeTime()
+    hook = _hook(fake)
+    hook.before_train()
+    try:
+        for _ in range(4):
+            _step(hook, fake, 7)  # 28 s of silence: no line yet
+        fake.now += 2
+        hook.beat()  # 30 s of silence, the 5th step running for 2 s
+        assert mgd_lines() == []
+        _step(hook, fake, 5)  # the 5th step ends at 35 s: 7 s/iter, 95 left -> 665 s
+        assert mgd_lines() == ["progress: iteration 5/100, 0:00:35 elapsed, 7.00 s/iter, ETA 0:11:05"]
+    finally:
+        hook.after_train()
+
+
 def test_the_period_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("MGD_PROGRESS_SECONDS", "2.5")
     assert mgd_progress.progress_period() == 2.5
