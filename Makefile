@@ -132,8 +132,9 @@ opts_flag_error = echo "error: OPTS takes KEY VALUE config overrides$(comma) not
 # train_net.py flags of the training targets
 RUN_FLAGS = --scale $(SCALE)$(if $(RESUME), --resume)$(if $(FRESH), --fresh)
 
-# The variables given on make's command line, as shell words: the command that resumes a
-# training target (RESUME=1), which train_net.py prints after Ctrl-C or when it refuses to
+# The variables given on make's command line or exported by the shell (e.g. the README's
+# `export DATASETS=... OPTS=...`), as shell words: the command that resumes a training target
+# (RESUME=1) in a new shell, which train_net.py prints after Ctrl-C or when it refuses to
 # restart over a run (MGD_RESUME_COMMAND; `make demo` sets its own).
 open_paren := (
 close_paren := )
@@ -141,8 +142,8 @@ needs_quotes = $(or $(if $(1),,empty),$(word 2,$(1)),$(findstring ',$(1)),$(find
     $(open_paren),$(1)),$(findstring $(close_paren),$(1)),$(findstring $$,$(1)),$(findstring *,$(1)),$(findstring \
     ;,$(1)),$(findstring &,$(1)),$(findstring |,$(1)),$(findstring <,$(1)),$(findstring >,$(1)),$(findstring \\,$(1)))
 shell_word = $(if $(call needs_quotes,$(1)),'$(subst ','\'',$(1))',$(1))
-given_variables = $(foreach v,$(filter-out RESUME FRESH,$(USER_VARIABLES)),$(if $(filter command line,$(origin \
-    $(v))),$(v)=$(call shell_word,$($(v)))))
+given_variables = $(foreach v,$(filter-out RESUME FRESH,$(USER_VARIABLES)),$(if $(filter command line environment%,\
+    $(origin $(v))),$(v)=$(call shell_word,$($(v)))))
 base distill: export MGD_RESUME_COMMAND ?= make $@ $(strip $(given_variables)) RESUME=1
 
 .PHONY: install

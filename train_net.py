@@ -31,11 +31,9 @@ import shlex
 import sys
 import warnings
 
-# OpenMP threads that wait for work sleep instead of spinning: on a CPU shared with other jobs,
-# spinning threads starve the one they wait for (measured on 2 cores at load 4-5: the demo's R50
-# step 10.6-14.1 s with the default policy, 2.7-3.6 s with PASSIVE; quiet: 1.10 vs 1.12 s).
-# Read when torch starts its thread pool, so before torch is imported; a value you set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from mgd.runtime import apply_runtime_defaults
+
+apply_runtime_defaults()  # before torch is imported: OMP_WAIT_POLICY, PYTORCH_JIT (mgd/runtime.py)
 
 from mgd.bootstrap import describe_detectron2, use_detectron2_with_overlay
 
@@ -61,10 +59,11 @@ try:  # the overlay modules register the MGD backbone, meta-architecture and tra
     from detectron2.engine.mgd_results import keep_earlier_evaluation, provenance, report_empty, save_results
     from detectron2.engine.mgd_scale import apply_scale, parse_scale
     from detectron2.engine.mgd_setup import (ConfigError, check_config, check_output_dir, check_weights,
-                                             clamp_workers, load_config, move_previous_run)
+                                             checkpoint_iteration, clamp_workers, finished_run, forget_logs_after,
+                                             load_config, move_previous_run)
     from detectron2.engine.mgd_checkpointer import MGDCheckpointer
     from detectron2.engine.mgd_console import quiet_console
-    from detectron2.engine.mgd_trainer import MGDTrainer
+    from detectron2.engine.mgd_trainer import MGDTrainer, scale_to_world_size
 except ImportError as error:
     sys.exit(f"error: the MGD overlay is missing from detectron2/ ({error}); run `make overlay`")
 
@@ -273,6 +272,11 @@ def build_parser():
     return parser
 
 
+def max_iterations(cfg, args) -> int:
+    """SOLVER.MAX_ITER as the trainer runs it (after the auto-scaling to the process count)."""
+    return scale_to_world_size(cfg, args.num_gpus * args.num_machines).SOLVER.MAX_ITER
+
+
 def _checkpoint_state(output_dir):
     """(name in last_checkpoint, its modification time), to tell a checkpoint saved by this run."""
     try:
@@ -307,8 +311,9 @@ def interrupted_line(cfg, args, before) -> str:
                 "(run it with --eval-only, make eval)")
     if saved:
         step = name[len("model_"):-len(".pth")]
-        done = f"after iteration {int(step) + 1}" if step.isdigit() else ""
-        return f"interrupted: saved {path} {done}; resume with: {resume_command(args)}"
+        done = (f" (the state after iteration {int(step)}, counted from 0: {int(step) + 1} of "
+                f"{max_iterations(cfg, args)} done)") if step.isdigit() else ""
+        return f"interrupted: saved {path}{done}; resume with: {resume_command(args)}"
     if name:
         return f"interrupted before an iteration finished: nothing new saved ({path} is the last); " \
                f"resume with: {resume_command(args)}"
@@ -323,6 +328,16 @@ def run(argv=None) -> int:
     cfg = before = None
     try:
         cfg = check_run(args)  # errors first: before any log line, output folder or process
+        if is_training(args) and args.resume:
+            finished = finished_run(cfg, max_iterations(cfg, args))
+            if finished:
+                print(finished, flush=True)
+                return 0
+            resumed_from = checkpoint_iteration(cfg.OUTPUT_DIR)
+            if resumed_from and args.machine_rank == 0:
+                forgotten = forget_logs_after(cfg.OUTPUT_DIR, resumed_from[1])
+                if forgotten:
+                    print(forgotten, flush=True)
         if is_training(args) and args.fresh and args.machine_rank == 0:
             moved = move_previous_run(cfg.OUTPUT_DIR)
             if moved:

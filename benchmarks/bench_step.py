@@ -39,6 +39,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
+from mgd.runtime import apply_runtime_defaults  # noqa: E402
+
+apply_runtime_defaults()  # as train_net.py: the step measured is the step trained (PYTORCH_JIT=0)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 use_detectron2_with_overlay(ROOT)  # the checkout `make` names (DETECTRON2=pin|latest), refreshed overlay

@@ -15,6 +15,9 @@ Keys added (defaults = the original's COCO 1x setting; docs/mgd.md):
   ``MGD.UPDATE_ITER`` as in the reference: ``UPDATE_ITER + 1`` batches of its per-GPU batch,
   i.e. ``(UPDATE_ITER + 1) * IMS_PER_BATCH / REFERENCE_WORLD_SIZE`` images per matching
   (``mgd.matching.plan_matching_pass``)
+* ``MGD.REMATCH_ON_RESUME`` a resumed run recomputes the matching at its first iteration (the
+  original's behaviour, which saved no assignment); default False: it continues with the
+  assignment its checkpoint holds, as the uninterrupted run would
 * ``MGD.MATCHING_RANKS`` "all" (each matching is solved from every rank's images: the same
   image count at any process count) | "rank0" (rank 0's alone, the original's rule)
 * ``MGD.LOSS_FACTORS`` nine per-position divisors of the loss
@@ -107,6 +110,8 @@ def add_mgd_config(cfg):
     cfg.MGD.UPDATE_SLOW_STEP = [20000]
     # as in the reference: UPDATE_ITER + 1 batches of 2 images (its per-GPU batch) per matching
     cfg.MGD.UPDATE_ITER = 1000
+    # True: a resumed run recomputes the matching at its first iteration (the original's behaviour)
+    cfg.MGD.REMATCH_ON_RESUME = False
     # "all": solve each matching from every rank's images; "rank0": rank 0's (the original)
     cfg.MGD.MATCHING_RANKS = "all"
     cfg.MGD.LOSS_FACTORS = list(DEFAULT_LOSS_FACTORS)

@@ -15,9 +15,11 @@ ends with the same assignment; ``last_statistic`` says how many images, from whi
 
 Per distilled position, the recomputed state (margin, accumulated cost, assignment) lives in
 a :class:`PositionState` under ``positions[<position>]``: non-persistent buffers, so
-``.to(device)`` moves them but checkpoints never hold them. Read them through
-:meth:`MGDDistiller.margins` and :meth:`MGDDistiller.assignments`. The student norms are
-ordinary (persistent) parameters; the state dict holds exactly ``student_norms.<position>.*``.
+``.to(device)`` moves them but the state dict never holds them. Read them through
+:meth:`MGDDistiller.margins` and :meth:`MGDDistiller.assignments`; a training checkpoint
+carries the assignments beside the weights (:meth:`MGDDistiller.load_assignments` restores
+them). The student norms are ordinary (persistent) parameters; the state dict holds exactly
+``student_norms.<position>.*``.
 """
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -94,7 +96,7 @@ class MatchingStatistic:
 
 
 class PositionState(nn.Module):
-    """What one distilled position recomputes during training (never checkpointed).
+    """What one distilled position recomputes during training (not in the state dict).
 
     Attributes (non-persistent buffers; None until first set):
         margin: [tc] float, the teacher margins (``update_margins``).
@@ -336,6 +338,31 @@ class MGDDistiller(nn.Module):
         (k = tc // sc teacher channels per student channel), or sc for the "sm" reducer.
         """
         return {name: st.assignment for name, st in self.positions.items() if st.assignment is not None}
+
+    def load_assignments(self, assignments: Dict[str, Tensor]) -> None:
+        """Set the assignments of every distilled position (e.g. a checkpoint's
+        :meth:`assignments`), on the student norms' device.
+
+        Raises ValueError, changing nothing, unless ``assignments`` names exactly the distilled
+        positions, each a whole-number tensor of this reducer's length
+        (:func:`mgd.matching.assignment_length`) with teacher channels in [0, tc).
+        """
+        names = [self._name(i) for i in self.distilled_positions]
+        if sorted(assignments) != sorted(names):
+            raise ValueError(f"assignments for positions {sorted(assignments)}, this distiller distils {names}")
+        checked = {}
+        for i in self.distilled_positions:
+            name, sc, tc = self._name(i), self.student_channels[i], self.teacher_channels[i]
+            guided = torch.as_tensor(assignments[name])
+            length = assignment_length(sc, tc, sparse=self.reducer == "sm")
+            if guided.dtype.is_floating_point or guided.dim() != 1 or guided.numel() != length:
+                raise ValueError(f"position {name}: assignment {tuple(guided.shape)} {guided.dtype}, expected "
+                                 f"{length} teacher channels (reducer {self.reducer!r}, {sc} -> {tc} channels)")
+            if guided.numel() and not (0 <= int(guided.min()) and int(guided.max()) < tc):
+                raise ValueError(f"position {name}: assignment names teacher channels outside [0, {tc})")
+            checked[name] = guided.to(device=self._default_device(), dtype=torch.long)
+        for name, guided in checked.items():
+            self.positions[name].assignment = guided
 
     def accumulated_costs(self) -> Dict[str, Tensor]:
         """{position: cost [sc, tc] summed over the images seen since the last reset}."""

@@ -78,6 +78,47 @@ def make_synthetic_dataset(root: Path, train=16, val=8, size=SYNTH_SIZE) -> Path
     return root
 
 
+def make_mixed_orientation_dataset(root: Path, train=24, val=4, size=SYNTH_SIZE) -> Path:
+    """The synthetic set (varied images: shapes, colours, clutter) with a third of its images
+    cropped to landscape (size x 3/4 size) and a third to portrait, boxes clipped to the crop
+    (those left with less than half their area dropped; each image keeps at least one), so
+    that batches grouped by orientation differ from plain ones. Same layout and names as
+    :func:`make_synthetic_dataset`."""
+    from PIL import Image
+
+    root = Path(root)
+    if (root / "annotations" / "instances_val.json").exists():
+        return root
+    make_synthetic_dataset(root, train=train, val=val, size=size)
+    short = size * 3 // 4
+    for split in SYNTH_SPLITS:
+        path = root / "annotations" / f"instances_{split}.json"
+        coco = json.loads(path.read_text())
+        kept = []
+        for k, image in enumerate(coco["images"]):
+            width, height = [(size, size), (size, short), (short, size)][k % 3]
+            anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+            clipped = [_clip_box(a, width, height) for a in anns]
+            if (width, height) != (size, size) and any(clipped):
+                file = root / split / image["file_name"]
+                Image.open(file).crop((0, 0, width, height)).save(file)
+                image["width"], image["height"] = width, height
+                anns = [a for a in clipped if a]
+            kept += anns
+        coco["annotations"] = kept
+        path.write_text(json.dumps(coco))
+    return root
+
+
+def _clip_box(annotation: dict, width: int, height: int):
+    """The annotation with its box clipped to width x height, or None if under half of it remains."""
+    x, y, w, h = annotation["bbox"]
+    x1, y1 = min(x + w, width), min(y + h, height)
+    if x >= x1 or y >= y1 or (x1 - x) * (y1 - y) < 0.5 * w * h:
+        return None
+    return dict(annotation, bbox=[x, y, x1 - x, y1 - y], area=(x1 - x) * (y1 - y))
+
+
 SYNTH_SPLITS = ("train", "val")
 
 

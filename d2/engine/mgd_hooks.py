@@ -1,18 +1,18 @@
-"""The MGD matching schedule as a Detectron2 trainer hook.
+"""The MGD matching schedule as a Detectron2 trainer hook, and the matching's checkpoint entry.
 
-``matching_update_due`` is the rule, as a pure function: the matching (and, at the first
-iteration of a run, the margins) is recomputed at the first iteration of every run (start
-or resume), then whenever ``iteration % f == 0`` with ``f = UPDATE_FREQ[k]``, k being the
-number of ``UPDATE_SLOW_STEP`` entries <= iteration. Defaults for a 90k run: 0, 5k, 10k,
-15k, 31k, 62k.
+The rule (when a matching is due) is :mod:`mgd.schedule`'s. A resumed run continues with the
+assignment its checkpoint holds (:class:`MatchingCheckpointable`, saved as ``mgd_matching``):
+no matching runs that the schedule does not name, unless ``MGD.REMATCH_ON_RESUME`` (the
+original's behaviour) or the checkpoint holds none (written before assignments were saved).
 """
-import bisect
 import hashlib
 import json
 import logging
 import os
 import time
-from typing import List, Sequence
+from typing import Dict, Optional
+
+import torch
 
 from detectron2.engine.mgd_matching_pass import run_matching_pass
 from detectron2.engine.train_loop import HookBase
@@ -20,44 +20,11 @@ from detectron2.utils import comm
 from detectron2.utils.mgd_compat import training_data_iter
 
 from mgd.matching import plan_matching_pass
+from mgd.schedule import check_schedule, matching_update_due, scheduled
 
-__all__ = ["check_schedule", "matching_update_due", "matching_schedule", "MGDMatchingHook", "unwrap_model", "assignment_digest"]
+__all__ = ["MGDMatchingHook", "MatchingCheckpointable", "unwrap_model", "assignment_digest"]
 
 logger = logging.getLogger("detectron2.mgd")
-
-
-def check_schedule(update_freq: Sequence[int], slow_steps: Sequence[int]) -> None:
-    """Raise ValueError unless ``MGD.UPDATE_FREQ`` / ``MGD.UPDATE_SLOW_STEP`` form a schedule."""
-    if len(update_freq) != len(slow_steps) + 1:
-        raise ValueError(
-            f"MGD.UPDATE_FREQ needs one more entry than MGD.UPDATE_SLOW_STEP, got "
-            f"{list(update_freq)} and {list(slow_steps)}"
-        )
-    if any(f <= 0 for f in update_freq):
-        raise ValueError(f"MGD.UPDATE_FREQ entries must be > 0, got {list(update_freq)}")
-    if list(slow_steps) != sorted(slow_steps):
-        raise ValueError(f"MGD.UPDATE_SLOW_STEP must be increasing, got {list(slow_steps)}")
-
-
-def matching_update_due(
-    iteration: int, start_iter: int, update_freq: Sequence[int], slow_steps: Sequence[int]
-) -> bool:
-    """Whether the matching is recomputed before training step ``iteration``."""
-    check_schedule(update_freq, slow_steps)
-    if iteration == start_iter:
-        return True
-    freq = update_freq[bisect.bisect_right(list(slow_steps), iteration)]
-    return iteration % freq == 0
-
-
-def matching_schedule(
-    max_iter: int, update_freq: Sequence[int], slow_steps: Sequence[int], start_iter: int = 0
-) -> List[int]:
-    """Every iteration in [start_iter, max_iter) at which the matching is recomputed."""
-    return [
-        it for it in range(start_iter, max_iter)
-        if matching_update_due(it, start_iter, update_freq, slow_steps)
-    ]
 
 
 def unwrap_model(model):
@@ -76,6 +43,10 @@ def assignment_digest(distiller) -> str:
 
 class MGDMatchingHook(HookBase):
     """Before the scheduled steps: margins (first step of the run) and a matching pass.
+
+    A resumed run continues with its checkpoint's assignment (:class:`MatchingCheckpointable`
+    restores it and :attr:`restored`); with ``MGD.REMATCH_ON_RESUME`` it recomputes it at its
+    first iteration, as the original did.
 
     The pass draws the batches of ``mgd.matching.plan_matching_pass`` from the trainer's
     training data iterator, the same number on every rank (so the training steps after it see
@@ -96,14 +67,15 @@ class MGDMatchingHook(HookBase):
 
     * The step's distillation loss reads the margins and the assignment, so they must be in
       place before ``run_step`` of the scheduled iteration. At the first iteration of a run
-      (start or resume) nothing earlier in this process could have built them: margins and
-      matching are never checkpointed, and there is no preceding ``after_step``.
-      ``before_step`` of iteration ``i`` is the one place where "before step ``i``", the rule
-      of :func:`matching_update_due`, holds for both the first and the later updates.
+      nothing earlier in this process built the margins (recomputed from the frozen teacher at
+      every start; a resumed run checks them against its checkpoint's, bit for bit), and
+      there is no preceding ``after_step``. ``before_step`` of iteration ``i`` is the one
+      place where "before step ``i``", the rule of :func:`mgd.schedule.matching_update_due`,
+      holds for both the first and the later updates.
     * The convention protects :class:`~detectron2.engine.hooks.IterationTimer`, which times a
       step from its own ``before_step`` to its ``after_step``. ``MGDTrainer.build_hooks``
-      inserts this hook first, ahead of the timer, so the pass runs before the step timer
-      starts: it is not in the ``time`` scalar nor in "Overall training speed" (the final
+      inserts this hook ahead of the timer (only the step's seeding comes first), so the
+      pass runs before the step timer starts: it is not in the ``time`` scalar nor in "Overall training speed" (the final
       "Total training time" counts it under "on hooks", past the timer's warm-up). The
       printed training ETA (``time`` x iterations left) therefore leaves out the passes
       still to come; the pass logs its own ETA, and ``mgd/matching_seconds`` records each
@@ -125,17 +97,42 @@ class MGDMatchingHook(HookBase):
         self.history = []
         #: the last matching's scalars, logged at every step (see after_step)
         self._latest_scalars = {}
+        self.rematch_on_resume = bool(cfg.MGD.REMATCH_ON_RESUME)
+        #: what a resumed run's checkpoint held (MatchingCheckpointable): {"record", "margins"}
+        self.restored: Optional[dict] = None
 
     def before_step(self):
         # heavy on scheduled iterations, by design: see the class docstring
         trainer = self.trainer
-        if not matching_update_due(trainer.iter, trainer.start_iter, self.update_freq, self.slow_steps):
-            return
         model = unwrap_model(trainer.model)
-        if trainer.iter == trainer.start_iter:
+        first = trainer.iter == trainer.start_iter
+        if first:
             model.update_margins()
             logger.info(f"MGD: margins computed from the teacher's norms at iteration {trainer.iter}")
-        self.update_matching()
+            if self.restored is not None:
+                self._check_restored_margins(model.distiller.margins())
+        restored = self.restored is not None and not self.rematch_on_resume
+        if matching_update_due(trainer.iter, trainer.start_iter, self.update_freq, self.slow_steps,
+                               assignment_restored=restored):
+            self.update_matching()
+        elif first:
+            record = self.restored["record"]
+            logger.info(f"MGD: continuing with the checkpoint's channel assignment (matching of iteration "
+                        f"{record.get('iteration')}, digest {assignment_digest(model.distiller)}); next matching "
+                        f"at iteration {self._next_scheduled(trainer.iter, trainer.max_iter)}")
+
+    def _next_scheduled(self, after: int, max_iter: int):
+        return next((it for it in range(after + 1, max_iter) if scheduled(it, self.update_freq, self.slow_steps)),
+                    "none (no more in this run)")
+
+    def _check_restored_margins(self, margins: Dict[str, torch.Tensor]) -> None:
+        """The margins follow from the frozen teacher: recomputed, they equal the saved ones."""
+        saved = self.restored.get("margins") or {}
+        differ = [name for name, m in margins.items()
+                  if name in saved and not torch.equal(saved[name].to(m.device), m)]
+        if differ:
+            logger.warning(f"MGD: the margins recomputed at resume differ from the checkpoint's at {differ}: "
+                           "the teacher's weights are not those the run started with")
 
     def after_step(self):
         # The pinned EventStorage forgets every scalar at each step, and the writers only run
@@ -172,3 +169,29 @@ class MGDMatchingHook(HookBase):
             os.makedirs(self.output_dir, exist_ok=True)
             with open(os.path.join(self.output_dir, "mgd_matching.json"), "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+class MatchingCheckpointable:
+    """The matching state of an MGD run as a checkpoint entry (``mgd_matching``).
+
+    Holds the assignments (``{position: LongTensor}``), the margins they were used with, and
+    the last matching's record and scalars (so metrics.json continues with them). Restoring
+    it lets a resumed run continue with the assignment instead of a new matching pass.
+    """
+
+    def __init__(self, hook: MGDMatchingHook, model):
+        self.hook, self.model = hook, model
+
+    def state_dict(self) -> dict:
+        distiller = unwrap_model(self.model).distiller
+        record = self.hook.history[-1] if self.hook.history else (self.hook.restored or {}).get("record")
+        return {"assignments": {k: v.detach().cpu() for k, v in distiller.assignments().items()},
+                "margins": {k: v.detach().cpu() for k, v in distiller.margins().items()},
+                "record": record, "scalars": dict(self.hook._latest_scalars)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state.get("assignments"):
+            return
+        unwrap_model(self.model).distiller.load_assignments(state["assignments"])
+        self.hook.restored = {"record": state.get("record") or {}, "margins": state.get("margins")}
+        self.hook._latest_scalars = dict(state.get("scalars") or {})

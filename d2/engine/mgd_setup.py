@@ -16,9 +16,10 @@ do next); ``train_net.py`` prints it as ``error: ...``.
 """
 import difflib
 import glob
+import json
 import os
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import yaml
@@ -26,19 +27,19 @@ import yaml
 import detectron2
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine.mgd_checkpointer import check_weights_for_config
-from detectron2.engine.mgd_hooks import check_schedule
 from detectron2.modeling.meta_arch.mgd_retinanet import AMP_PRECISIONS
 
-from mgd.checkpoint import (DEPTH_LAYOUTS, STUDENT_BACKBONE_PREFIX, Role, extract_state_dict, is_random_init,
-                            load_checkpoint_object)
+from mgd.checkpoint import (DEPTH_LAYOUTS, STUDENT_BACKBONE_PREFIX, CheckpointError, Role, extract_state_dict,
+                            is_random_init, load_checkpoint_object)
 from mgd.config import add_mgd_config, is_mgd_config
 from mgd.defaults import DEFAULT_POSITION_NAMES
 from mgd.distiller import MATCHING_RANKS
 from mgd.errors import UserError
 from mgd.reducers import REDUCERS
+from mgd.schedule import check_schedule
 
 __all__ = ["ConfigError", "load_config", "check_config", "check_weights", "check_random_init_recipe",
-           "check_output_dir", "move_previous_run", "previous_run_files", "clamp_workers",
+           "check_output_dir", "checkpoint_iteration", "finished_run", "forget_logs_after", "move_previous_run", "previous_run_files", "clamp_workers",
            "fallback_config_dir", "NORMS", "RANDOM_INIT_CONFIGS"]
 
 #: the names detectron2.layers.get_norm accepts at the pin
@@ -316,6 +317,71 @@ def _last_checkpoint(output_dir: str) -> Optional[str]:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+def checkpoint_iteration(output_dir: str) -> Optional[Tuple[str, int]]:
+    """(name, iteration) of the checkpoint ``output_dir/last_checkpoint`` names, or None. The
+    iteration is read from the name (``model_0000085.pth``), or from the file for another name
+    (None if it cannot be read: the resume itself reports what is wrong with the file)."""
+    name = _last_checkpoint(output_dir)
+    if not name:
+        return None
+    stem = name[len("model_"):-len(".pth")] if name.startswith("model_") and name.endswith(".pth") else ""
+    if stem.isdigit():
+        return name, int(stem)
+    try:
+        return name, int(load_checkpoint_object(os.path.join(output_dir, name), "checkpoint")["iteration"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None
+
+
+def finished_run(cfg: CfgNode, max_iter: int) -> Optional[str]:
+    """For ``--resume``: one line when ``OUTPUT_DIR``'s last checkpoint is of the run's last
+    iteration (``max_iter - 1``, ``max_iter`` being ``SOLVER.MAX_ITER`` after the auto-scaling
+    to the process count: nothing is left to train), else None."""
+    found = checkpoint_iteration(cfg.OUTPUT_DIR)
+    if found is None or found[1] < max_iter - 1:
+        return None
+    return (f"{cfg.OUTPUT_DIR} holds a finished run: {found[0]} is the state after iteration {found[1]} "
+            f"(SOLVER.MAX_ITER {max_iter}); nothing to train. Its evaluation: make eval "
+            "(train_net.py --eval-only); to train it again: FRESH=1 (--fresh); to train longer: a larger SOLVER.MAX_ITER")
+
+
+#: the run's logs of one JSON object per line with an "iteration"
+ITERATION_LOGS = ("metrics.json", "mgd_matching.json")
+
+
+def forget_logs_after(output_dir: str, iteration: int) -> Optional[str]:
+    """For ``--resume`` from the checkpoint of ``iteration``: remove from the run's JSON-lines
+    logs (:data:`ITERATION_LOGS`) the lines of later iterations, which the resumed run repeats
+    (an interrupted run logs past its last checkpoint), so each iteration is logged once.
+    Files are rewritten atomically. Returns one line saying what was removed, or None."""
+    removed = []
+    for name in ITERATION_LOGS:
+        path = os.path.join(output_dir, name)
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines(keepends=True)
+        except OSError:
+            continue
+        kept = [line for line in lines if _logged_iteration(line) <= iteration]
+        if len(kept) == len(lines):
+            continue
+        with open(path + ".part", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".part", path)
+        removed.append(f"{len(lines) - len(kept)} of {name}")
+    if not removed:
+        return None
+    return (f"--resume from the state after iteration {iteration}: the lines of later iterations, which this run "
+            f"repeats, were removed ({', '.join(removed)})")
+
+
+def _logged_iteration(line: str) -> float:
+    try:
+        return float(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return float("-inf")  # not a line of an iteration: kept
 
 
 def check_output_dir(cfg: CfgNode, resume: bool, fresh: bool, via_make: bool = False) -> None:

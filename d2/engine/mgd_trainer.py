@@ -13,9 +13,12 @@
 * upstream's ``SOLVER.REFERENCE_WORLD_SIZE`` auto-scaling applied to the MGD schedule too
   (``scale_to_world_size``), and the distillation divisor (``MGD.REFERENCE_WORLD_SIZE``)
   stated once in the log;
-* ``MGDCheckpointer`` (``mgd_checkpointer``): checkpoints read as data and loaded strictly,
-  with upstream's checkpointables (whatever this Detectron2 saves: the iteration, optimizer and
-  scheduler) plus the loss scaler and RetinaNet's foreground normaliser, so resume is exact;
+* a training loader whose position is saved (``mgd_train_stream``), the generators reseeded
+  at every step, and ``MGDCheckpointer`` (``mgd_checkpointer``): checkpoints read as data and
+  loaded strictly, with upstream's checkpointables (whatever this Detectron2 saves: the
+  iteration, optimizer and scheduler) plus what ``mgd_resume`` lists (data stream position,
+  loss normalisers, scalar history, loss scaler, MGD matching), so a resumed run continues
+  the same training;
 * a progress line whenever the log has been silent for ~30 s (``mgd_progress``), and on
   Ctrl-C a checkpoint of the last finished iteration (``mgd_interrupt``; ``train`` saves it
   and re-raises the KeyboardInterrupt, ``interrupted_checkpoint`` names the file).
@@ -32,24 +35,21 @@ import torch
 from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.defaults import DefaultTrainer
 from detectron2.engine.mgd_checkpointer import MGDCheckpointer, strip_prefix
-from detectron2.engine.mgd_hooks import MGDMatchingHook
+from detectron2.data.mgd_train_stream import build_train_stream, data_seed
+from detectron2.engine.mgd_hooks import MatchingCheckpointable, MGDMatchingHook
 from detectron2.engine.mgd_interrupt import InterruptGuard
 from detectron2.engine.mgd_progress import ProgressHook
+from detectron2.engine.mgd_resume import (DataStreamCheckpointable, EventHistoryCheckpointable, IterationEndHook,
+                                          LossNormalizerCheckpointable, ScalerCheckpointable, StepSeedHook)
 from detectron2.engine.mgd_sync_check import ParameterDigestHook
 from detectron2.modeling.meta_arch.mgd_retinanet import amp_dtype, autocast
 from detectron2.utils import comm
-from detectron2.utils.mgd_compat import (
-    build_ddp,
-    coco_evaluator,
-    ddp_built_by,
-    get_loss_normalizer,
-    set_loss_normalizer,
-    training_data_iter,
-    write_metrics,
-)
+from detectron2.utils.mgd_compat import build_ddp, coco_evaluator, ddp_built_by, inner_trainer, training_data_iter, \
+    write_metrics
 
 from mgd.config import is_mgd_config
 from mgd.matching import plan_matching_pass
+from mgd.stream import ResumableStream
 
 __all__ = ["MGDTrainer", "MGDCheckpointer", "strip_prefix"]
 
@@ -71,16 +71,37 @@ class MGDTrainer(DefaultTrainer):
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # upstream's checkpointables (whatever this Detectron2 saves: at the pin the optimizer
         # and scheduler; today the trainer, holding the iteration, optimizer and scheduler),
-        # plus the loss scaler and the foreground normaliser; files read safely
-        self.checkpointer = MGDCheckpointer(
-            self.model, cfg.OUTPUT_DIR, **self.checkpointer.checkpointables,
-            grad_scaler=_ScalerCheckpointable(self.grad_scaler),
-            loss_normalizer=_LossNormalizerCheckpointable(self.model),
-        )
+        # plus what continues the same training (mgd_resume); files read safely
+        resume_state = dict(grad_scaler=ScalerCheckpointable(self.grad_scaler),
+                            loss_normalizer=LossNormalizerCheckpointable(self, self._iteration_end),
+                            event_history=EventHistoryCheckpointable(self, self._iteration_end))
+        if self.data_stream is not None:
+            resume_state["data_stream"] = DataStreamCheckpointable(self, self.data_stream)
+        if self.matching_hook() is not None:
+            resume_state["mgd_matching"] = MatchingCheckpointable(self.matching_hook(), self.model)
+        self.checkpointer = MGDCheckpointer(self.model, cfg.OUTPUT_DIR, **self.checkpointer.checkpointables,
+                                            **resume_state)
         _log_scale_rules(cfg, self.model, comm.get_world_size(), self.amp_enabled, self.amp_dtype)
         for hook in self._hooks:  # the periodic checkpointer holds the old one
             if hasattr(hook, "checkpointer"):
                 hook.checkpointer = self.checkpointer
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's training loader, resumable at any batch (``mgd_train_stream``)."""
+        return build_train_stream(cfg)
+
+    @property
+    def data_stream(self):
+        """The training stream (a ResumableStream), or None for upstream's loader."""
+        loader = inner_trainer(self).data_loader
+        return loader if isinstance(loader, ResumableStream) else None
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data stream and of every step's random draws (restored on resume)."""
+        stream = self.data_stream
+        return stream.seed if stream is not None else self._fallback_seed
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -116,12 +137,17 @@ class MGDTrainer(DefaultTrainer):
     def build_hooks(self):
         hooks = super().build_hooks()
         if is_mgd_config(self.cfg):
-            # first, so that the matching pass runs before the step timer starts
+            # ahead of the step timer, so that the matching pass is not timed as a step
             hooks.insert(0, MGDMatchingHook(self.cfg))
-        # right after the scheduler's step: an iteration's update ends there (mgd_interrupt)
+        # before everything else of a step: its random draws depend on the iteration only
+        self._fallback_seed = None if self.data_stream is not None else data_seed(self.cfg)
+        hooks.insert(0, StepSeedHook(lambda: self.data_seed))
+        # right after the scheduler's step: an iteration's update ends there (mgd_interrupt);
+        # what a checkpoint of it holds is recorded first, before any checkpoint is written
+        self._iteration_end = IterationEndHook(self.data_stream, self.model)
         self.interrupt_guard = InterruptGuard()
         after_scheduler = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.LRScheduler)) + 1
-        hooks.insert(after_scheduler, self.interrupt_guard)
+        hooks[after_scheduler:after_scheduler] = [self._iteration_end, self.interrupt_guard]
         hooks.append(ParameterDigestHook())  # every rank logs its parameters' digest at the end
         if comm.is_main_process():
             hooks.append(ProgressHook())
@@ -210,43 +236,3 @@ def _log_scale_rules(cfg, model, world_size: int, amp_enabled: bool, dtype: torc
         name = str(dtype).replace("torch.", "") + (" with loss scaling" if dtype == torch.float16 else "")
         logger.info(f"Mixed precision (SOLVER.AMP.ENABLED, PRECISION {cfg.SOLVER.AMP.get('PRECISION', 'auto')}): "
                     f"forwards autocast to {name}; the distillation loss, margins and matching in float32")
-
-
-class _LossNormalizerCheckpointable:
-    """RetinaNet's ``loss_normalizer`` (the running mean of foreground anchors that divides its
-    detection losses; a plain attribute upstream, outside the state_dict) as a checkpointable:
-    saved as ``loss_normalizer``, restored on resume, so a resumed run's losses continue where
-    they stopped instead of restarting the mean at 100. Under DDP each process keeps its own
-    mean; rank 0's is saved and every rank resumes from it. For MGD, the student's.
-    """
-
-    def __init__(self, model):
-        model = getattr(model, "module", model)
-        self.net = getattr(model, "s_net", model)
-
-    def state_dict(self) -> dict:
-        return {"value": get_loss_normalizer(self.net)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "value" in state:
-            set_loss_normalizer(self.net, state["value"])
-
-
-class _ScalerCheckpointable:
-    """The GradScaler as a checkpointable: saved as ``grad_scaler``, restored on resume.
-
-    A checkpoint written without loss scaling (float32 or bfloat16) holds an empty state;
-    resuming it with float16 loss scaling starts the scaler afresh, with one line.
-    """
-
-    def __init__(self, scaler: torch.amp.GradScaler):
-        self.scaler = scaler
-
-    def state_dict(self) -> dict:
-        return self.scaler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        if not state and self.scaler.is_enabled():
-            logger.info("The checkpoint has no loss-scaler state (saved without float16 AMP): starting afresh")
-            return
-        self.scaler.load_state_dict(state)

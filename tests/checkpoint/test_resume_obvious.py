@@ -3,10 +3,8 @@ holds a run is never restarted silently (one line naming --resume/--fresh, RESUM
 nothing overwritten), --resume continues, --fresh moves the old run aside, ``--resume`` among
 the overrides (or in OPTS) is pointed to the right flag/variable, and Ctrl-C saves the last
 finished iteration and ends with one line naming the file and the command that resumes."""
-import os
-import re
+import json
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +25,7 @@ from d2_support import (  # noqa: E402
     run_train_net,
     synthetic_dataset_args,
 )
+from interrupt_support import SAVED, assert_stopped_promptly, interrupt  # noqa: E402
 from scripts_support import assert_refused, run_make  # noqa: E402
 
 R18_DEMO = REPO / "configs" / "demo_retinanet_R_18.yaml"
@@ -103,6 +102,36 @@ def test_resume_continues_and_fresh_starts_over_keeping_the_old_run(tmp_path, sy
     assert (out / "model_final.pth").read_bytes() != old_final
 
 
+def test_resume_of_a_finished_run_says_so_and_trains_nothing(tmp_path, synth, finished_run):
+    out = _copy_run(finished_run, tmp_path)
+    before = _snapshot(out)
+    proc = _train(out, synth, "--resume", opts=["SOLVER.MAX_ITER", "2"])
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and lines[-1] == (
+        f"{out} holds a finished run: model_final.pth is the state after iteration 1 (SOLVER.MAX_ITER 2); nothing to "
+        "train. Its evaluation: make eval (train_net.py --eval-only); to train it again: FRESH=1 (--fresh); to train "
+        "longer: a larger SOLVER.MAX_ITER"), proc.stdout[-3000:]
+    assert "Starting training" not in proc.stdout and "Traceback" not in proc.stdout
+    assert _snapshot(out) == before  # no log, no config.yaml rewritten, nothing appended
+
+
+def test_resume_forgets_what_an_interrupted_run_logged_past_its_checkpoint(tmp_path):
+    """An interrupted run logs past its last checkpoint (a matching of the unfinished iteration,
+    a final metrics line); the resumed run repeats those iterations, and logs them once."""
+    from detectron2.engine.mgd_setup import forget_logs_after
+
+    (tmp_path / "metrics.json").write_text("".join(f'{{"iteration": {i}, "total_loss": 1.5}}\n'
+                                                   for i in (19, 39, 45, 46, 59)))
+    (tmp_path / "mgd_matching.json").write_text('{"iteration": 0}\n{"iteration": 40}\n{"iteration": 46}\n')
+    line = forget_logs_after(str(tmp_path), 45)
+    assert [json.loads(x)["iteration"] for x in (tmp_path / "metrics.json").read_text().splitlines()] == [19, 39, 45]
+    assert [json.loads(x)["iteration"] for x in (tmp_path / "mgd_matching.json").read_text().splitlines()] == [0, 40]
+    assert line == ("--resume from the state after iteration 45: the lines of later iterations, which this run repeats, "
+                    "were removed (2 of metrics.json, 1 of mgd_matching.json)")
+    assert forget_logs_after(str(tmp_path), 45) is None and sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.json", "mgd_matching.json"]
+
+
 def test_resume_and_fresh_together_are_refused(tmp_path, synth):
     out = tmp_path / "run"
     proc = _train(out, synth, "--resume", "--fresh", check=False)
@@ -160,89 +189,22 @@ def test_make_base_refuses_a_restart_names_resume_1_and_resumes(tmp_path, synth,
     assert "Starting training from iteration 2" in resumed.stdout and _iteration(run / "model_final.pth") == 2
 
 
-#: a progress line: "iteration i/N, ..." once iteration i finished, "iteration i/N running for ..."
-#: while iteration i runs (the heartbeat, when a step outlasts MGD_PROGRESS_SECONDS)
-PROGRESS_LINE = re.compile(r"progress: iteration (\d+)/\d+(,| running for)")
-
-
-def _iterations_finished(line: str):
-    """The iterations a progress line says have finished (None for another line)."""
-    progress = PROGRESS_LINE.search(line)
-    if progress is None:
-        return None
-    return int(progress.group(1)) - (progress.group(2) == " running for")
-
-
-def _interrupt(cmd, after_iterations=2, cwd=REPO):
-    """Run ``cmd`` in its own process group, Ctrl-C it (SIGINT to the group, as a terminal does)
-    once a progress line says ``after_iterations`` iterations have finished; returns (exit code,
-    output, the iterations finished by that line's time, None if SIGINT was never sent)."""
-    env = dict(detectron2_env(), MGD_PROGRESS_SECONDS="0.2", OMP_NUM_THREADS="2")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    lines, masks = [], "(none: SIGINT was never sent)"
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            finished = _iterations_finished(line)
-            if finished is not None and finished >= after_iterations:
-                masks = _signal_dispositions(proc.pid)  # for the failure message, should one come
-                os.killpg(proc.pid, signal.SIGINT)
-                break
-        else:
-            finished = None
-        lines += proc.stdout.readlines()
-        proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    if not any(line.startswith("interrupted") for line in lines):
-        lines.append(f"\n[test] no 'interrupted' line; the group's processes when SIGINT was sent:\n{masks}\n")
-    return proc.returncode, "".join(lines), finished
-
-
-def _assert_stopped_promptly(done: int, finished_when_sent: int) -> None:
-    """The run stopped within a few iterations of the Ctrl-C (at once, or after the update it
-    held; the margin is for the test reading the pipe late), not trained on."""
-    assert finished_when_sent is not None, "SIGINT was never sent"
-    assert finished_when_sent <= done <= finished_when_sent + 3, (done, finished_when_sent)
-
-
-def _signal_dispositions(group: int) -> str:
-    """Each process of process group ``group``: its command and SigBlk/SigIgn/SigCgt masks (Linux)."""
-    rows = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != group:  # pgrp
-                continue
-            status = (stat.parent / "status").read_text()
-            masks = " ".join(x.replace("\t", "") for x in status.splitlines() if x.startswith(("SigBlk", "SigIgn", "SigCgt")))
-            command = (stat.parent / "cmdline").read_text().replace("\0", " ")[:100]
-            rows.append(f"  {stat.parent.name} {masks} {command}")
-        except (OSError, IndexError, ValueError):
-            continue  # a process that ended meanwhile
-    return "\n".join(rows)
-
-
-SAVED = re.compile(r"^interrupted: saved (\S+/model_(\d{7})\.pth) after iteration (\d+); resume with: (.+)$", re.M)
-
-
 @pytest.mark.slow
 @pytest.mark.latest_pass
 def test_ctrl_c_saves_the_last_iteration_and_the_printed_command_resumes(tmp_path, synth):
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train_net.py"), *map(str, synthetic_dataset_args(synth)), "--config-file",
            str(R18_DEMO), *TINY_RUN, "SOLVER.MAX_ITER", "500", "OUTPUT_DIR", str(out)]
-    code, output, finished_when_sent = _interrupt(cmd)
+    code, output, finished_when_sent = interrupt(cmd)
     assert code == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     last = output.strip().splitlines()[-1]
     match = SAVED.match(last)
     assert match, last
-    path, step, done, command = match.groups()
-    assert Path(path) == out / f"model_{step}.pth" and int(done) == int(step) + 1 >= 2
-    _assert_stopped_promptly(int(done), finished_when_sent)
+    path, step, step_again, done, max_iter, command = match.groups()
+    assert Path(path) == out / f"model_{step}.pth" and int(step_again) == int(step)
+    assert int(done) == int(step) + 1 >= 2 and max_iter == "500"
+    assert_stopped_promptly(int(done), finished_when_sent)
     assert _iteration(Path(path)) == int(step)
     assert (out / "last_checkpoint").read_text() == f"model_{step}.pth"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -259,16 +221,29 @@ def test_ctrl_c_saves_the_last_iteration_and_the_printed_command_resumes(tmp_pat
 
 
 @pytest.mark.slow
-def test_ctrl_c_of_a_make_target_names_the_make_command_with_resume_1(tmp_path, synth, weights_dir):
-    args = _make_base_args(tmp_path, synth, weights_dir, 500)
-    code, output, finished_when_sent = _interrupt(["make", "--no-print-directory", *args, f"PYTHON={sys.executable}"])
+def test_ctrl_c_of_a_make_target_prints_a_make_command_that_resumes_in_a_new_shell(tmp_path, synth, weights_dir):
+    """As the README's own-data block: DATASETS and OPTS exported by the shell, the rest on the
+    command line. The printed command carries them all, and runs to the end in a shell that
+    has none of them."""
+    args = _make_base_args(tmp_path, synth, weights_dir, 40)
+    exported = dict(arg.split("=", 1) for arg in args if arg.startswith(("DATASETS=", "OPTS=")))
+    given = [arg for arg in args if not arg.startswith(("DATASETS=", "OPTS="))]
+    code, output, finished_when_sent = interrupt(["make", "--no-print-directory", *given, f"PYTHON={sys.executable}"],
+                                                 env=exported)
     assert "Traceback" not in output, output[-3000:]
     line = [x for x in output.splitlines() if x.startswith("interrupted")]
     assert len(line) == 1, output[-3000:]
     match = SAVED.match(line[0])
     assert match and Path(match.group(1)).parent == tmp_path / "base-R18", line[0]
-    _assert_stopped_promptly(int(match.group(3)), finished_when_sent)
-    words = shlex.split(match.group(4))
+    assert_stopped_promptly(int(match.group(4)), finished_when_sent)
+    command = match.group(6)
+    words = shlex.split(command)
     assert words[:2] == ["make", "base"] and words[-1] == "RESUME=1"
     assert f"OUTPUT_DIR={tmp_path}" in words and "DEPTH=18" in words
-    assert [w for w in words if w.startswith("OPTS=")] == [f"OPTS={args[-1].split('=', 1)[1]}"]
+    assert f"OPTS={exported['OPTS']}" in words and f"DATASETS={exported['DATASETS']}" in words
+    fresh_shell = {k: v for k, v in detectron2_env().items() if k not in exported}
+    resumed = subprocess.run(["bash", "-c", command], cwd=REPO, env=fresh_shell, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"Starting training from iteration {int(match.group(2)) + 1}" in resumed.stdout
+    assert _iteration(tmp_path / "base-R18" / "model_final.pth") == 39

@@ -245,3 +245,33 @@ def test_refuses_mismatched_feature_channels_and_lists():
         d(s, missing)
     with pytest.raises(ValueError, match="channels"):
         d.update_margins([(torch.ones(3), torch.zeros(3))] + [None] * 8)
+
+
+@pytest.mark.parametrize("reducer", ["amp", "sm"])
+def test_assignments_restored_into_a_fresh_distiller_give_the_same_losses(reducer):
+    """What a training checkpoint carries (``assignments()``) makes a new distiller compute what
+    the matched one computes, without a matching of its own."""
+    matched = ready_distiller(reducer)
+    restored = mgd.MGDDistiller(STUDENT, TEACHER, reducer=reducer)
+    restored.load_state_dict(matched.state_dict())
+    restored.update_margins([None] * 9)
+    restored.load_assignments({k: v.clone() for k, v in matched.assignments().items()})
+    student, teacher = features(STUDENT, seed=3), features(TEACHER, seed=4)
+    expected, got = matched(student, teacher), restored(student, teacher)
+    assert list(got) == list(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_assignments_that_do_not_fit_are_refused_and_change_nothing():
+    d = ready_distiller()
+    before = {k: v.clone() for k, v in d.assignments().items()}
+    good = {k: v.clone() for k, v in before.items()}
+    cases = [
+        ({k: v for k, v in good.items() if k != "c5"}, "this distiller distils"),
+        ({**good, "c2": good["c2"][:-1]}, "position c2: assignment"),
+        ({**good, "c3": good["c3"].float()}, "position c3: assignment"),
+        ({**good, "c4": torch.full_like(good["c4"], 64)}, r"outside \[0, 64\)"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            d.load_assignments(bad)
+        assert all(torch.equal(d.assignments()[k], before[k]) for k in before)

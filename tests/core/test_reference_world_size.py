@@ -126,7 +126,7 @@ def test_upstream_auto_scaling_also_scales_the_matching_schedule(tmp_path):
     15k, 31k, 62k of 90k) and keep its statistic: the reference's (1000 + 1) x 16 / 8 = 2002
     images (MATCHING_RANKS all), or rank 0's 1001 batches of 2 (rank0)."""
     import_overlay()
-    from detectron2.engine.mgd_hooks import matching_schedule
+    from mgd.schedule import matching_schedule
     from detectron2.engine.mgd_trainer import scale_to_world_size
 
     cfg = load_cfg(tmp_path, "mgd_retinanet_R50_R18_FPN_1x.yaml", ["SOLVER.REFERENCE_WORLD_SIZE", "8"])
