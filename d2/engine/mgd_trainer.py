@@ -32,10 +32,10 @@ import time
 
 import torch
 
+from detectron2.data.mgd_train_stream import build_train_stream, data_seed
 from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.defaults import DefaultTrainer
 from detectron2.engine.mgd_checkpointer import MGDCheckpointer, strip_prefix
-from detectron2.data.mgd_train_stream import build_train_stream, data_seed
 from detectron2.engine.mgd_hooks import MatchingCheckpointable, MGDMatchingHook
 from detectron2.engine.mgd_interrupt import InterruptGuard
 from detectron2.engine.mgd_progress import ProgressHook
