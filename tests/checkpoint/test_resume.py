@@ -259,7 +259,7 @@ def test_ctrl_c_and_the_printed_command_end_as_the_uninterrupted_run(workdir, da
     match = SAVED.search(output)
     assert match, output[-3000:]
     step, command = int(match.group(2)), match.group(6)
-    assert 2 <= step < MAX_ITER - 1, output[-3000:]
+    assert 0 <= step < MAX_ITER - 1, output[-3000:]  # stopped before its end, wherever
     words = shlex.split(command)
     assert words[:3] == ["python", str(REPO / "train_net.py"), "--resume"], words
     resumed = subprocess.run(["bash", "-c", command.replace("python ", f"{shlex.quote(sys.executable)} ", 1)],
