@@ -79,7 +79,7 @@ USER_VARIABLES := PYTHON DETECTRON2 DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2
                   WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
                   EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT EVAL_REPLACE BASE_CONFIG MGD_CONFIG \
                   ALLOW_ANY_TEACHER DEMO_DIR SEEDS DATASETS SCALE RESUME FRESH PROBE_OUTPUT PROBE_FACTORS \
-                  PROBE_ARGS RUNS PLOTS_DIR PYTEST_ARGS PYTEST_WORKERS LATEST_MARKS
+                  PROBE_ARGS RUNS PLOTS_DIR PYTEST_ARGS PYTEST_WORKERS LATEST_MARKS STUDY_PROTOCOL STUDY_DIR STUDY_PUBLISH
 
 # Make the in-place Detectron2 build and this repository importable for every command below
 # (mgd/bootstrap.py does the same for a command run by hand: it reads MGD_DETECTRON2_DIR).
@@ -307,6 +307,14 @@ else
 	$(PYTHON) scripts/summarize_results.py --runs $(RUNS) --write $(PLOTS_DIR)/results.json
 	$(PYTHON) scripts/plot_runs.py --runs $(RUNS) --ap-table $(PLOTS_DIR)/results.json --out $(PLOTS_DIR)
 endif
+
+.PHONY: study
+# The study (docs/study.md): on a CUDA machine the GPU protocol, else the CPU one (~2 h on 2 cores)
+STUDY_PROTOCOL    ?= configs/study/$(shell $(PYTHON) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")').yaml
+STUDY_DIR         ?= $(OUTPUT_DIR)/study-$(basename $(notdir $(STUDY_PROTOCOL)))
+STUDY_PUBLISH     ?=
+study: install $(if $(D2_BUILT),,detectron2) overlay ## does MGD make the student better? every arm and seed of STUDY_PROTOCOL into STUDY_DIR (Ctrl-C, then the same command, continues)
+	$(PYTHON) scripts/run_study.py --protocol $(STUDY_PROTOCOL) --out $(STUDY_DIR)$(if $(STUDY_PUBLISH), --publish $(STUDY_PUBLISH))
 
 .PHONY: bench-core
 bench-core: ## time the MGD core (matching update, loss + AMP) vs the original's solver approach

@@ -18,6 +18,16 @@ Keys added (defaults = the original's COCO 1x setting; docs/mgd.md):
 * ``MGD.REMATCH_ON_RESUME`` a resumed run recomputes the matching at its first iteration (the
   original's behaviour, which saved no assignment); default False: it continues with the
   assignment its checkpoint holds, as the uninterrupted run would
+* ``MGD.LOSS_WEIGHT`` multiplies the distillation loss (default 1); 0 is the control of a
+  study: everything MGD does runs (teacher forward, matchings, the loss computed and logged)
+  but the loss is not trained on
+* ``MGD.ASSIGNMENT`` "matching" (default: solved from the costs on the schedule) | "random"
+  (the paper's ablation: an assignment drawn at random once, at the first iteration, from the
+  run's seed, and never re-solved; no matching passes)
+* ``MGD.MATCHING_DATA`` "training" (default, the original's: the matching passes draw their
+  batches from the training stream, so the steps after a pass see the batches after it) |
+  "separate" (a stream of their own, with its own seed: the training batches are those of a
+  run without matchings, e.g. of the plain student a study compares with)
 * ``MGD.MATCHING_RANKS`` "all" (each matching is solved from every rank's images: the same
   image count at any process count) | "rank0" (rank 0's alone, the original's rule)
 * ``MGD.LOSS_FACTORS`` nine per-position divisors of the loss
@@ -44,7 +54,13 @@ from detectron2.config import CfgNode as CN
 
 from .defaults import DEFAULT_IGNORE_INDS, DEFAULT_LOSS_FACTORS, DEFAULT_REDUCER
 
+#: values of MGD.ASSIGNMENT and MGD.MATCHING_DATA
+ASSIGNMENTS = ("matching", "random")
+MATCHING_DATA = ("training", "separate")
+
 __all__ = [
+    "ASSIGNMENTS",
+    "MATCHING_DATA",
     "add_mgd_config",
     "derive_net_config",
     "teacher_config",
@@ -114,6 +130,12 @@ def add_mgd_config(cfg):
     cfg.MGD.REMATCH_ON_RESUME = False
     # "all": solve each matching from every rank's images; "rank0": rank 0's (the original)
     cfg.MGD.MATCHING_RANKS = "all"
+    # the distillation loss's weight (0: computed and logged, not trained on: a study's control)
+    cfg.MGD.LOSS_WEIGHT = 1.0
+    # "matching" (solved on the schedule) | "random" (drawn once, never re-solved: the ablation)
+    cfg.MGD.ASSIGNMENT = "matching"
+    # where the matching passes draw batches: "training" (the original's) | "separate"
+    cfg.MGD.MATCHING_DATA = "training"
     cfg.MGD.LOSS_FACTORS = list(DEFAULT_LOSS_FACTORS)
     # The published run: 8 GPUs. Each process divides its summed distillation loss by
     # IMS_PER_BATCH * REFERENCE_WORLD_SIZE / world_size (see distillation_divisor).

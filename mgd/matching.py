@@ -9,6 +9,7 @@ stacked tc // sc times ("tiled"); the sparse variant (SM) matches one teacher ch
 assignment is solved from as many images as the reference run's, at any process count.
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 __all__ = [
-    "matching_cost", "solve_matching", "copies_per_student", "assignment_length",
+    "matching_cost", "solve_matching", "random_assignment", "copies_per_student", "assignment_length",
     "MatchingPass", "plan_matching_pass",
 ]
 
@@ -96,6 +97,16 @@ def solve_matching(cost: Tensor, sparse: bool = False) -> Tensor:
     else:
         teachers = _solve_tiled(host_cost, k)
     return torch.from_numpy(teachers).to(cost.device)
+
+
+def random_assignment(student_channels: int, teacher_channels: int, sparse: bool = False,
+                      generator: Optional[torch.Generator] = None) -> Tensor:
+    """An assignment of :func:`solve_matching`'s form drawn uniformly at random, without a cost:
+    ``assignment_length(sc, tc, sparse)`` distinct teacher channels (a random injection), so each
+    student channel gets k = tc // sc (or one, ``sparse``) teacher channels, none used twice.
+    The paper's ablation of the matching (a fixed random assignment). CPU LongTensor."""
+    length = assignment_length(student_channels, teacher_channels, sparse)
+    return torch.randperm(teacher_channels, generator=generator)[:length]
 
 
 def _solve_injection(cost: np.ndarray) -> np.ndarray:

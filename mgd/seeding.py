@@ -17,10 +17,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "seed_all", "seeded_rngs", "seed_step", "STEP", "SAMPLE"]
+__all__ = ["derive_seed", "seed_all", "seeded_rngs", "seed_step", "STEP", "SAMPLE", "MATCHING_STREAM",
+           "RANDOM_ASSIGNMENT"]
 
-#: the domains of :func:`derive_seed`: a training step, a data sample
-STEP, SAMPLE = 1, 2
+#: the domains of :func:`derive_seed`: a training step, a data sample, the matching passes' own
+#: data stream (``MGD.MATCHING_DATA separate``), a random assignment (``MGD.ASSIGNMENT random``)
+STEP, SAMPLE, MATCHING_STREAM, RANDOM_ASSIGNMENT = 1, 2, 3, 4
 
 
 def derive_seed(seed: int, *position: int) -> int:

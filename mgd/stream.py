@@ -145,6 +145,13 @@ class ResumableStream:
         self._marks: Dict[int, int] = {}
         self._batches: Optional[Iterator[List[Any]]] = None
 
+    def sibling(self, seed: int) -> "ResumableStream":
+        """Another stream over the same data, mapper and layout, with its own ``seed`` (e.g. the
+        matching passes' own stream: it leaves this one's batches as they are)."""
+        return ResumableStream(self.dataset, self.mapper, self.index_stream, self.batch_size, seed=seed,
+                               rank=self.rank, world_size=self.world_size, orientation=self.orientation,
+                               num_workers=self.num_workers)
+
     # -- iteration --------------------------------------------------------------------------
     def __iter__(self) -> "ResumableStream":
         return self

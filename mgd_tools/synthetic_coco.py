@@ -180,6 +180,12 @@ def _random_shape(rng: np.random.Generator, cfg: SynthConfig, labelled: bool) ->
         else:
             colours = list(HUES)
         colour = colours[int(rng.integers(len(colours)))]
+    return make_shape(rng, cfg, kind, colour, label)
+
+
+def make_shape(rng: np.random.Generator, cfg: SynthConfig, kind: str, colour: str, label: Optional[int]) -> Shape:
+    """A shape of ``kind`` and ``colour`` at (0, 0): size log-uniform in the config's range,
+    random rotation (not for circles and rings), jittered colour."""
     diameter = float(math.exp(rng.uniform(math.log(cfg.min_object), math.log(cfg.max_object))))
     if kind == "line":
         diameter = max(diameter, cfg.min_object * 1.5)

@@ -19,8 +19,10 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 from detectron2.utils.mgd_compat import training_data_iter
 
-from mgd.matching import plan_matching_pass
+from mgd.matching import plan_matching_pass, random_assignment
 from mgd.schedule import check_schedule, matching_update_due, scheduled
+from mgd.seeding import RANDOM_ASSIGNMENT, derive_seed
+from mgd.stream import ResumableStream
 
 __all__ = ["MGDMatchingHook", "MatchingCheckpointable", "unwrap_model", "assignment_digest"]
 
@@ -98,6 +100,11 @@ class MGDMatchingHook(HookBase):
         #: the last matching's scalars, logged at every step (see after_step)
         self._latest_scalars = {}
         self.rematch_on_resume = bool(cfg.MGD.REMATCH_ON_RESUME)
+        #: "matching" (solved on the schedule) or "random" (drawn once: MGD.ASSIGNMENT)
+        self.assignment = cfg.MGD.ASSIGNMENT
+        #: the passes' own data stream under MGD.MATCHING_DATA "separate" (set by the trainer),
+        #: else None: they draw from the training stream
+        self.stream: Optional[ResumableStream] = None
         #: what a resumed run's checkpoint held (MatchingCheckpointable): {"record", "margins"}
         self.restored: Optional[dict] = None
 
@@ -111,6 +118,10 @@ class MGDMatchingHook(HookBase):
             logger.info(f"MGD: margins computed from the teacher's norms at iteration {trainer.iter}")
             if self.restored is not None:
                 self._check_restored_margins(model.distiller.margins())
+        if self.assignment == "random":  # drawn once, never re-solved
+            if first and self.restored is None:
+                self.draw_random_assignment()
+            return
         restored = self.restored is not None and not self.rematch_on_resume
         if matching_update_due(trainer.iter, trainer.start_iter, self.update_freq, self.slow_steps,
                                assignment_restored=restored):
@@ -141,6 +152,32 @@ class MGDMatchingHook(HookBase):
         for name, value in self._latest_scalars.items():
             self.trainer.storage.put_scalar(name, value, smoothing_hint=False)
 
+    def draw_random_assignment(self):
+        """``MGD.ASSIGNMENT random``: every position's assignment drawn at random
+        (:func:`mgd.matching.random_assignment`) from the run's data seed, the same on every
+        rank; recorded in mgd_matching.json like a matching, without costs."""
+        trainer = self.trainer
+        distiller = unwrap_model(trainer.model).distiller
+        generator = torch.Generator().manual_seed(derive_seed(trainer.data_seed, RANDOM_ASSIGNMENT))
+        sparse = distiller.reducer == "sm"
+        distiller.load_assignments({
+            distiller.position_names[i]: random_assignment(distiller.student_channels[i],
+                                                           distiller.teacher_channels[i], sparse, generator)
+            for i in distiller.distilled_positions})
+        digest = assignment_digest(distiller)
+        self._latest_scalars = {"mgd/matching_iter": trainer.iter}
+        self._record({"iteration": trainer.iter, "assignment": "random", "assignment_digest": digest})
+        logger.info(f"MGD: a random channel assignment (MGD.ASSIGNMENT random, digest {digest}) drawn at iteration "
+                    f"{trainer.iter}; it is never re-solved")
+
+    def _record(self, record: dict) -> None:
+        """Keep ``record`` and (main process) append it to OUTPUT_DIR/mgd_matching.json."""
+        self.history.append(record)
+        if comm.is_main_process() and self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            with open(os.path.join(self.output_dir, "mgd_matching.json"), "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+
     def update_matching(self):
         trainer = self.trainer
         model = unwrap_model(trainer.model)
@@ -148,7 +185,8 @@ class MGDMatchingHook(HookBase):
         start = time.perf_counter()
         # every rank draws all the plan's batches (the streams stay aligned), and keeps the
         # images of its share of the pass
-        costs = run_matching_pass(model, training_data_iter(trainer), total,
+        data = self.stream if self.stream is not None else training_data_iter(trainer)
+        costs = run_matching_pass(model, data, total,
                                   images_taken=lambda index: self.plan.images_taken(rank, index),
                                   label=f"MGD matching at iteration {iteration}", mode_of=trainer.model)
         statistic = model.distiller.last_statistic
@@ -159,37 +197,39 @@ class MGDMatchingHook(HookBase):
         record = {"iteration": iteration, "costs": costs, "images": statistic.images,
                   "images_per_rank": list(statistic.images_per_rank), "ranks": statistic.ranks,
                   "seconds": round(seconds, 3), "assignment_digest": digest}
-        self.history.append(record)
         logger.info(
             f"MGD matching at iteration {iteration} done in {seconds:.1f}s: solved from {statistic.describe()}, "
             f"{total} batches per rank (rank {rank}, assignment digest {digest}); mean matched cost: "
             + ", ".join(f"{k} {v:.4f}" for k, v in costs.items())
         )
-        if comm.is_main_process() and self.output_dir:
-            os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, "mgd_matching.json"), "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+        self._record(record)
 
 
 class MatchingCheckpointable:
     """The matching state of an MGD run as a checkpoint entry (``mgd_matching``).
 
-    Holds the assignments (``{position: LongTensor}``), the margins they were used with, and
-    the last matching's record and scalars (so metrics.json continues with them). Restoring
-    it lets a resumed run continue with the assignment instead of a new matching pass.
+    Holds the assignments (``{position: LongTensor}``), the margins they were used with, the
+    last matching's record and scalars (so metrics.json continues with them) and, under
+    ``MGD.MATCHING_DATA separate``, the passes' own stream's position. Restoring it lets a
+    resumed run continue with the assignment instead of a new matching pass.
     """
 
-    def __init__(self, hook: MGDMatchingHook, model):
-        self.hook, self.model = hook, model
+    def __init__(self, trainer, hook: MGDMatchingHook):
+        self.trainer, self.hook, self.model = trainer, hook, trainer.model
 
     def state_dict(self) -> dict:
         distiller = unwrap_model(self.model).distiller
         record = self.hook.history[-1] if self.hook.history else (self.hook.restored or {}).get("record")
-        return {"assignments": {k: v.detach().cpu() for k, v in distiller.assignments().items()},
-                "margins": {k: v.detach().cpu() for k, v in distiller.margins().items()},
-                "record": record, "scalars": dict(self.hook._latest_scalars)}
+        state = {"assignments": {k: v.detach().cpu() for k, v in distiller.assignments().items()},
+                 "margins": {k: v.detach().cpu() for k, v in distiller.margins().items()},
+                 "record": record, "scalars": dict(self.hook._latest_scalars)}
+        if self.hook.stream is not None:  # the passes' own stream, after the saved iteration
+            state["stream"] = self.hook.stream.state_dict(self.trainer.iter)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if self.hook.stream is not None and state.get("stream"):
+            self.hook.stream.load_state_dict(state["stream"])
         if not state.get("assignments"):
             return
         unwrap_model(self.model).distiller.load_assignments(state["assignments"])

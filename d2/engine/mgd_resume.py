@@ -62,11 +62,11 @@ class StepSeedHook(HookBase):
 
 class IterationEndHook(HookBase):
     """At the end of every iteration (before any checkpoint of it is written), records what a
-    checkpoint of that iteration holds: the stream's position and every process's loss
+    checkpoint of that iteration holds: the streams' positions and every process's loss
     normaliser. Restores the scalar history of a resumed run before its first step."""
 
-    def __init__(self, stream: Optional[ResumableStream], model):
-        self.stream, self.model = stream, model
+    def __init__(self, streams: List[ResumableStream], model):
+        self.streams, self.model = streams, model
         #: {iteration: [loss normaliser of rank 0, 1, ...]}, the last two iterations
         self.normalizers: Dict[int, List[float]] = {}
         self.restored_history: Optional[Dict[str, list]] = None
@@ -80,8 +80,8 @@ class IterationEndHook(HookBase):
 
     def after_step(self):
         iteration = self.trainer.iter
-        if self.stream is not None:
-            self.stream.mark(iteration)
+        for stream in self.streams:
+            stream.mark(iteration)
         local = get_loss_normalizer(_retinanet(self.model))
         self.normalizers[iteration] = comm.all_gather(local) if comm.get_world_size() > 1 else [local]
         for old in [i for i in self.normalizers if i < iteration - 1]:

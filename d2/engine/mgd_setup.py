@@ -18,6 +18,7 @@ import difflib
 import glob
 import json
 import os
+import re
 import time
 from typing import List, Optional, Tuple
 
@@ -31,7 +32,7 @@ from detectron2.modeling.meta_arch.mgd_retinanet import AMP_PRECISIONS
 
 from mgd.checkpoint import (DEPTH_LAYOUTS, STUDENT_BACKBONE_PREFIX, CheckpointError, Role, extract_state_dict,
                             is_random_init, load_checkpoint_object)
-from mgd.config import add_mgd_config, is_mgd_config
+from mgd.config import ASSIGNMENTS, MATCHING_DATA, add_mgd_config, is_mgd_config
 from mgd.defaults import DEFAULT_POSITION_NAMES
 from mgd.distiller import MATCHING_RANKS
 from mgd.errors import UserError
@@ -138,7 +139,7 @@ def load_config(config_file: str, opts: List[str]) -> CfgNode:
     if len(opts) % 2:
         raise ConfigError(f"the KEY VALUE overrides must come in pairs; got {len(opts)} words: {' '.join(opts)}")
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(_whole_numbers_as_floats(cfg, list(opts)))
     except KeyError as error:
         raise ConfigError(_unknown_key_message(error, cfg, "on the command line")) from None
     except AssertionError as error:
@@ -148,6 +149,20 @@ def load_config(config_file: str, opts: List[str]) -> CfgNode:
     except ValueError as error:
         raise ConfigError(f"bad override on the command line: {' '.join(str(error).split())}") from None
     return cfg
+
+
+def _whole_numbers_as_floats(cfg: CfgNode, opts: List[str]) -> List[str]:
+    """The overrides with a whole number given for a float key written as a float
+    (``MGD.LOSS_WEIGHT 0`` -> ``0.0``), which yacs would refuse as a type mismatch."""
+    out = list(opts)
+    for i in range(0, len(out) - 1, 2):
+        node, *path = str(out[i]).split(".")
+        default = cfg.get(node)
+        for part in path:
+            default = default.get(part) if isinstance(default, CfgNode) else None
+        if isinstance(default, float) and re.fullmatch(r"[+-]?\d+", str(out[i + 1]).strip()):
+            out[i + 1] = f"{int(out[i + 1])}.0"
+    return out
 
 
 def _check_net(where: str, depth: int, res2_out_channels: int, norm: str, stage_last_norm: str) -> None:
@@ -195,6 +210,15 @@ def _check_mgd_keys(cfg: CfgNode) -> None:
     if mgd.MATCHING_RANKS not in MATCHING_RANKS:
         raise ConfigError(f"MGD.MATCHING_RANKS {mgd.MATCHING_RANKS!r}: use 'all' (every process's images) "
                           f"or 'rank0' (rank 0's alone, the original's rule)")
+    weight = mgd.LOSS_WEIGHT
+    if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight < float("inf")):
+        raise ConfigError(f"MGD.LOSS_WEIGHT must be a finite number >= 0 (0: computed, not trained on), got {weight!r}")
+    if mgd.ASSIGNMENT not in ASSIGNMENTS:
+        raise ConfigError(f"MGD.ASSIGNMENT {mgd.ASSIGNMENT!r}: use 'matching' (solved on the schedule) or 'random' "
+                          "(drawn once, never re-solved)")
+    if mgd.MATCHING_DATA not in MATCHING_DATA:
+        raise ConfigError(f"MGD.MATCHING_DATA {mgd.MATCHING_DATA!r}: use 'training' (the passes draw from the "
+                          "training stream, the original's) or 'separate' (a stream of their own)")
 
 
 def _check_precision(cfg: CfgNode) -> None:

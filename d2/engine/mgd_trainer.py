@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from detectron2.data.mgd_train_stream import build_train_stream, data_seed
+from detectron2.data.mgd_train_stream import RESUMABLE_SAMPLERS, build_train_stream, data_seed
 from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.defaults import DefaultTrainer
 from detectron2.engine.mgd_checkpointer import MGDCheckpointer, strip_prefix
@@ -49,6 +49,7 @@ from detectron2.utils.mgd_compat import build_ddp, coco_evaluator, ddp_built_by,
 
 from mgd.config import is_mgd_config
 from mgd.matching import plan_matching_pass
+from mgd.seeding import MATCHING_STREAM, derive_seed
 from mgd.stream import ResumableStream
 
 __all__ = ["MGDTrainer", "MGDCheckpointer", "strip_prefix"]
@@ -78,7 +79,7 @@ class MGDTrainer(DefaultTrainer):
         if self.data_stream is not None:
             resume_state["data_stream"] = DataStreamCheckpointable(self, self.data_stream)
         if self.matching_hook() is not None:
-            resume_state["mgd_matching"] = MatchingCheckpointable(self.matching_hook(), self.model)
+            resume_state["mgd_matching"] = MatchingCheckpointable(self, self.matching_hook())
         self.checkpointer = MGDCheckpointer(self.model, cfg.OUTPUT_DIR, **self.checkpointer.checkpointables,
                                             **resume_state)
         _log_scale_rules(cfg, self.model, comm.get_world_size(), self.amp_enabled, self.amp_dtype)
@@ -136,15 +137,20 @@ class MGDTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
+        self._fallback_seed = None if self.data_stream is not None else data_seed(self.cfg)
+        streams = [self.data_stream] if self.data_stream is not None else []
         if is_mgd_config(self.cfg):
             # ahead of the step timer, so that the matching pass is not timed as a step
-            hooks.insert(0, MGDMatchingHook(self.cfg))
+            matching = MGDMatchingHook(self.cfg)
+            if self.cfg.MGD.MATCHING_DATA == "separate":
+                matching.stream = self._matching_stream()
+                streams.append(matching.stream)
+            hooks.insert(0, matching)
         # before everything else of a step: its random draws depend on the iteration only
-        self._fallback_seed = None if self.data_stream is not None else data_seed(self.cfg)
         hooks.insert(0, StepSeedHook(lambda: self.data_seed))
         # right after the scheduler's step: an iteration's update ends there (mgd_interrupt);
         # what a checkpoint of it holds is recorded first, before any checkpoint is written
-        self._iteration_end = IterationEndHook(self.data_stream, self.model)
+        self._iteration_end = IterationEndHook(streams, self.model)
         self.interrupt_guard = InterruptGuard()
         after_scheduler = next(i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.LRScheduler)) + 1
         hooks[after_scheduler:after_scheduler] = [self._iteration_end, self.interrupt_guard]
@@ -152,6 +158,15 @@ class MGDTrainer(DefaultTrainer):
         if comm.is_main_process():
             hooks.append(ProgressHook())
         return hooks
+
+    def _matching_stream(self) -> ResumableStream:
+        """``MGD.MATCHING_DATA separate``: the matching passes' own stream, over the training data
+        with a seed of its own (derived from the data seed), so the training stream's batches do
+        not depend on the matchings."""
+        if self.data_stream is None:
+            raise ValueError(f"MGD.MATCHING_DATA separate needs a resumable training loader (DATALOADER."
+                             f"SAMPLER_TRAIN {' or '.join(RESUMABLE_SAMPLERS)})")
+        return self.data_stream.sibling(derive_seed(self.data_seed, MATCHING_STREAM))
 
     def train(self):
         """Upstream's ``train``; on Ctrl-C, first a checkpoint of the last finished iteration

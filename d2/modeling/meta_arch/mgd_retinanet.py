@@ -116,7 +116,9 @@ class MGDRetinaNet(nn.Module):
 
     Training forward: the student's detection losses plus ``loss_distill``, the sum over
     the distilled positions of each position's loss divided by its ``MGD.LOSS_FACTORS``
-    entry, divided by :attr:`loss_divisor`. Inference: the student's (or, with
+    entry, divided by :attr:`loss_divisor` (times ``MGD.LOSS_WEIGHT`` when it is not 1; with
+    weight 0 it is computed without grad and logged as ``mgd/loss_distill_untrained``, and
+    ``loss_distill`` is a constant 0). Inference: the student's (or, with
     :attr:`eval_teacher`, the teacher's) detections.
     """
 
@@ -156,6 +158,8 @@ class MGDRetinaNet(nn.Module):
         self.amp_dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION, torch.device(cfg.MODEL.DEVICE))
         #: whose costs each matching is solved from under several processes (MGD.MATCHING_RANKS)
         self.matching_ranks = cfg.MGD.MATCHING_RANKS
+        #: what ``loss_distill`` is multiplied by (MGD.LOSS_WEIGHT; 0: computed, not trained on)
+        self.loss_weight = float(cfg.MGD.LOSS_WEIGHT)
         self._distilled = [self.positions[i] for i in self.distiller.distilled_positions]
         self._wanted = {p.feature_key for p in self._distilled}
         # run the teacher's FPN only when one of its outputs is distilled
@@ -254,12 +258,19 @@ class MGDRetinaNet(nn.Module):
             losses = self.s_net(batched_inputs)
         with torch.no_grad():
             t_taps = self._backbone_taps(self.t_net, batched_inputs)
-        with _float32(self.device):
+        trained = self.loss_weight != 0  # weight 0: computed and logged, no gradient reaches the student
+        with _float32(self.device), torch.set_grad_enabled(trained):
             per_position = self.distiller(self._position_list(s_taps), self._position_list(t_taps))
         storage = get_event_storage()
         for name, value in per_position.items():
             storage.put_scalar(f"mgd/loss_{name}", value.detach().item() / self.loss_divisor)
-        losses["loss_distill"] = sum(per_position.values()) / self.loss_divisor
+        distill = sum(per_position.values()) / self.loss_divisor
+        if not trained:
+            storage.put_scalar("mgd/loss_distill_untrained", distill.item())
+            distill = torch.zeros((), device=distill.device)
+        elif self.loss_weight != 1:
+            distill = distill * self.loss_weight
+        losses["loss_distill"] = distill
         return losses
 
     @torch.no_grad()
