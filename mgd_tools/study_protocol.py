@@ -14,6 +14,10 @@ arm. docs/study.md says how the CPU protocol was chosen. Keys (all required)::
     matching: {update_freq, update_slow_step, update_iter}       # MGD.UPDATE_*
     probe: {matching_batches}                                    # the loss-factor probe
     arms: {plain: 5, mgd: 5, ...}                                # seeds 1..n of each arm
+
+and, optional, ``score_threshold`` (MODEL.RETINANET.SCORE_THRESH_TEST of every evaluation;
+default 0.05, Detectron2's): a model trained a few iterations (the tests' tiny protocol) scores
+no box above 0.05, and its AP would be undefined.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List
@@ -65,6 +69,7 @@ class Protocol:
     matching: Dict[str, object]
     probe: Dict[str, int]
     arms: Dict[str, int]
+    score_threshold: float = 0.05
     source: str = field(default="", compare=False)
 
     def seeds(self, arm: str) -> List[int]:
@@ -75,6 +80,9 @@ class Protocol:
         return ["INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", size,
                 "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size]
 
+    def eval_opts(self) -> List[str]:
+        return ["MODEL.RETINANET.SCORE_THRESH_TEST", repr(float(self.score_threshold))]
+
     def matching_opts(self) -> List[str]:
         m = self.matching
         return ["MGD.UPDATE_FREQ", str(list(m["update_freq"])), "MGD.UPDATE_SLOW_STEP", str(list(m["update_slow_step"])),
@@ -84,7 +92,8 @@ class Protocol:
         return {"name": self.name, "data": dict(self.data), "pretrain": dict(self.pretrain),
                 "input_size": self.input_size, "batch": self.batch,
                 "teacher": vars(self.teacher), "student": vars(self.student), "matching": dict(self.matching),
-                "probe": dict(self.probe), "arms": dict(self.arms), "source": self.source}
+                "probe": dict(self.probe), "arms": dict(self.arms), "score_threshold": self.score_threshold,
+                "source": self.source}
 
 
 def _schedule(raw: dict, where: str) -> Schedule:
@@ -118,4 +127,5 @@ def load_protocol(path: str) -> Protocol:
     return Protocol(name=str(raw["name"]), data=dict(raw["data"]), pretrain=dict(raw["pretrain"]),
                     input_size=int(raw["input_size"]), batch=int(raw["batch"]),
                     teacher=_schedule(raw["teacher"], "teacher"), student=_schedule(raw["student"], "student"),
-                    matching=dict(raw["matching"]), probe=dict(raw["probe"]), arms=arms, source=str(path))
+                    matching=dict(raw["matching"]), probe=dict(raw["probe"]), arms=arms,
+                    score_threshold=float(raw.get("score_threshold", 0.05)), source=str(path))

@@ -138,6 +138,7 @@ class StudyRunner:
     def run(self, report: Callable[["StudyRunner"], None]) -> None:
         """Every step not done yet, then ``report(self)``; progress and ETA after each step."""
         os.makedirs(self.out, exist_ok=True)
+        self._check_settings()
         self._load_timings()
         plan = self.steps()
         todo = [s for s in plan if not s.done()]
@@ -155,6 +156,23 @@ class StudyRunner:
             self.log(f"[study] {step.name}: {format_seconds(self.timings[step.name])}; this session "
                      f"{format_seconds(time.perf_counter() - started)}, ETA {format_seconds(self._eta(todo[k:]))}")
         report(self)
+
+    def _check_settings(self) -> None:
+        """A study folder holds the runs of one protocol: kept steps must have been made with the
+        settings of this one (seeds may be added). Records them in ``protocol.json`` the first time."""
+        settings = {k: v for k, v in self.protocol.as_dict().items() if k not in ("arms", "source")}
+        settings = json.loads(json.dumps(settings))  # (tuples as lists, as read back)
+        path = self.path("protocol.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                recorded = json.load(f)
+            changed = sorted(k for k in set(settings) | set(recorded) if settings.get(k) != recorded.get(k))
+            if changed:
+                raise UserError(f"the study folder {self.out} holds runs of another protocol ({', '.join(changed)} "
+                                f"differ from {self.protocol.source}); give another STUDY_DIR or delete that folder")
+            return
+        text = json.dumps(settings, indent=1)
+        atomic_write(path, lambda f: f.write(text.encode()))
 
     def _kind_rate(self, kind: str, plan: List[Step]) -> Optional[float]:
         """Measured seconds / estimated seconds over the finished steps of ``kind``."""
@@ -222,7 +240,7 @@ class StudyRunner:
 
     def evaluate(self, config: str, weights: str, out: str) -> None:
         self._call([sys.executable, TRAIN_NET, "--eval-only", "--replace-eval", *self.dataset_args(),
-                    "--config-file", config, *self.protocol.input_opts(), "MODEL.WEIGHTS", weights,
+                    "--config-file", config, *self.protocol.input_opts(), *self.protocol.eval_opts(), "MODEL.WEIGHTS", weights,
                     "OUTPUT_DIR", out], f"evaluation of {weights}")
 
     def merge(self) -> None:
