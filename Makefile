@@ -308,6 +308,17 @@ else
 	$(PYTHON) scripts/plot_runs.py --runs $(RUNS) --ap-table $(PLOTS_DIR)/results.json --out $(PLOTS_DIR)
 endif
 
+.PHONY: matched-cost
+matched-cost: install overlay ## matched cost to TEACHER of each student run of RUNS="NAME=DIR ..." (its model_final.pth) on DATASETS.TEST[0], with MGD_CONFIG, SCALE, DATASETS, OPTS -> DIR/matched_cost.json (make plots reads it)
+	@test -n "$(strip $(RUNS))" || { echo "error: give the student runs to measure: make matched-cost RUNS=\"student=output/base-R18 mgd=output/mgd\"" >&2; exit 2; }
+	@$(call require,$(TEACHER),teacher checkpoint (TEACHER),train it with make base DEPTH=50 or set TEACHER=)
+	@$(check_datasets)
+	@for run in $(RUNS); do dir=$${run#*=}; \
+	    test -e "$$dir/model_final.pth" || { echo "error: $$dir/model_final.pth not found: RUNS names finished student runs" >&2; exit 2; }; done
+	for run in $(RUNS); do dir=$${run#*=}; $(PYTHON) scripts/measure_matched_cost.py $(DATASET_ARGS) --scale $(SCALE) \
+	    --config-file $(MGD_CONFIG) --teacher $(TEACHER) --student $$dir/model_final.pth --out $$dir/matched_cost.json \
+	    $(OPTS) || exit $$?; done
+
 .PHONY: study
 # The study (docs/study.md): on a CUDA machine the GPU protocol, else the CPU one (~2 h on 2 cores)
 STUDY_PROTOCOL    ?= configs/study/$(shell $(PYTHON) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")').yaml

@@ -173,7 +173,7 @@ def ap_of_runs(named_paths, runs):
     table, notes = collect_runs(folders)
     for note in notes:
         print(note)
-    files = OrderedDict((name, runs[name]) for name, path in named_paths if not os.path.isdir(path))
+    files = OrderedDict((name, runs[name]) for name, path in named_paths if not os.path.isdir(path) and name in runs)
     table.update(ap_from_runs(files))
     return table
 
@@ -199,10 +199,13 @@ def plot_ap(plt, table, out_path, baseline="student", distilled="mgd"):
     title = "AP comparison"
     delta = delta_row(table, baseline, distilled)
     if delta is not None and _number(delta["AP"]):
-        spread = (delta.get("std") or {}).get("AP")
-        title += f"  ({distilled} - {baseline}: {delta['AP']:+.2f}"
-        title += f" ± {spread:.2f} AP)" if _number(spread) else " AP)"
-    ax.set_title(title)
+        spread, ci = (delta.get("std") or {}).get("AP"), (delta.get("ci95") or {}).get("AP")
+        if delta["n"] > 1 and _number(spread) and ci:
+            title += (f"\n{distilled} - {baseline}: {delta['AP']:+.2f} ± {spread:.2f} AP, 95 % CI "
+                      f"[{ci[0]:+.2f}, {ci[1]:+.2f}] ({delta['n']} paired runs)")
+        else:
+            title += f"\n{distilled} - {baseline}: {delta['AP']:+.2f} AP (one run each: no spread, no interval)"
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -11,6 +11,8 @@ from collections import OrderedDict
 from mgd.checkpoint import atomic_write
 from mgd.errors import UserError
 
+from .stats import summary
+
 METRICS = ("AP", "AP50", "AP75")
 
 
@@ -123,23 +125,55 @@ def _runs_of(entry):
 
 
 def delta_row(results, baseline="student", distilled="mgd"):
-    """{metric: distilled - baseline} or None if either is missing. With paired runs (the same
-    number of each), the mean of the per-run differences, and their sample std under "std"."""
+    """{metric: distilled - baseline} or None if either is missing, plus "n" (runs paired).
+    With paired runs (the same number of each, paired in the order given), the mean of the
+    per-run differences, their sample std under "std" and the 95 % t-interval of the mean under
+    "ci95" ({metric: [low, high]}); with one run each, the difference alone (n 1: no spread)."""
     if baseline not in results or distilled not in results:
         return None
     base, dist = _runs_of(results[baseline]), _runs_of(results[distilled])
-    out, std = {}, {}
+    paired = len(base) == len(dist) and len(base) > 1
+    out, std, ci95 = {}, {}, {}
     for k in METRICS:
-        if len(base) == len(dist) and len(base) > 1:
+        if paired:
             diffs = [d.get(k) - b.get(k) if _number(d.get(k)) and _number(b.get(k)) else None
                      for b, d in zip(base, dist)]
-            out[k], std[k] = mean_and_std(diffs)
+            if all(_number(x) for x in diffs):
+                stats = summary(diffs)
+                out[k], std[k], ci95[k] = stats["mean"], stats["sd"], stats["ci95"]
+            else:
+                out[k] = std[k] = ci95[k] = None
         else:
             a, b = results[distilled].get(k), results[baseline].get(k)
             out[k] = (a - b) if _number(a) and _number(b) else None
-    if std:
-        out["std"] = std
+    out["n"] = len(base) if paired else 1
+    if paired:
+        out.update(std=std, ci95=ci95)
     return out
+
+
+def delta_label(delta, baseline="student", distilled="mgd"):
+    """The row name of a difference: what it is computed from."""
+    name = f"{'MGD' if distilled == 'mgd' else distilled} - {baseline}"
+    if delta.get("n", 1) > 1:
+        return f"{name} (paired over {delta['n']} runs: mean ± sd [95 % CI])"
+    return f"{name} (one run each: no spread)"
+
+
+def teacher_gap_warning(results, baseline="student", margin=2.0):
+    """One warning line when the teacher's AP is less than ``margin`` above the plain student's
+    (the rows "teacher" or "NAME (teacher)"), else None."""
+    rows = models(results)
+    teachers = [m for name, m in rows.items() if name == "teacher" or name.endswith("(teacher)")
+                or m.get("network") == "teacher"]
+    student = rows.get(baseline)
+    if not teachers or student is None or not _number(teachers[0].get("AP")) or not _number(student.get("AP")):
+        return None
+    gap = teachers[0]["AP"] - student["AP"]
+    if gap >= margin:
+        return None
+    return (f"warning: the teacher is {gap:+.2f} AP ahead of the plain student ({baseline}), less than {margin:g}: "
+            "it has little to teach (the paper's teacher was 4.9 AP ahead; docs/study.md)")
 
 
 def _fmt(v, signed=False, std=None, digits=2):
@@ -172,10 +206,14 @@ def format_table(results, baseline="student", distilled="mgd", markdown=False):
         rows.append((label, [_fmt(m.get(k), std=std.get(k)) for k in METRICS]))
     delta = delta_row(results, baseline, distilled)
     if delta is not None:
-        label = f"{'MGD' if distilled == 'mgd' else distilled} - {baseline}"
-        std = delta.get("std") or {}
-        rows.append((label, [_fmt(delta[k], signed=True, std=std.get(k)) for k in METRICS]))
+        std, ci95 = delta.get("std") or {}, delta.get("ci95") or {}
+        rows.append((delta_label(delta, baseline, distilled),
+                     [_fmt(delta[k], signed=True, std=std.get(k)) + _interval(ci95.get(k)) for k in METRICS]))
     return _table(["model"] + list(METRICS), rows, markdown)
+
+
+def _interval(ci):
+    return f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci and all(_number(x) for x in ci) else ""
 
 
 def _position_key(name):
@@ -255,8 +293,9 @@ def collect(results, metric_items=(), cost_items=()):
 
 
 def parse_runs(items):
-    """[(name, folder)] from "NAME=DIR" or "DIR" items (a bare DIR is named after its folder;
-    ResultsError for a repeated name)."""
+    """[(name, folder)] from "NAME=DIR" or "DIR" items (a bare DIR is named after its folder).
+    A name given several times names runs of one model (seeds): their rows are averaged, and
+    paired with another model's runs in the order given. ResultsError for a reserved name."""
     runs = []
     for item in items:
         name, sep, folder = item.partition("=")
@@ -264,8 +303,8 @@ def parse_runs(items):
             name, folder = os.path.basename(os.path.normpath(item)), item
         if not name or not folder:
             raise ResultsError(f"--runs takes NAME=DIR or DIR, got {item!r}")
-        if name in [n for n, _ in runs] or name in COST_KEYS:
-            raise ResultsError(f"run name {name!r} given twice (or reserved); name the runs: NAME=DIR")
+        if name in COST_KEYS:
+            raise ResultsError(f"run name {name!r} is reserved; name the runs: NAME=DIR")
         runs.append((name, folder))
     return runs
 
@@ -338,22 +377,47 @@ def run_evaluations(name, folder):
     return labelled
 
 
+#: the file ``make matched-cost`` writes into each run folder
+MATCHED_COST_FILE = "matched_cost.json"
+
+
 def collect_runs(runs):
-    """(results dict {label: entry}, notes) of the evaluations found in [(name, folder)]."""
-    results, notes = OrderedDict(), []
+    """(results dict {label: entry}, notes) of the evaluations found in [(name, folder)], and
+    the matched costs (``matched_cost.json``) found in the folders. The runs of a name given
+    several times are averaged row by row (``aggregate``: mean, "std", "n", "runs")."""
+    folders = OrderedDict()
     for name, folder in runs:
-        found = run_evaluations(name, folder)
-        if not found:
-            notes.append(f"note: no evaluation in {folder} (no eval_results.json there or in a subfolder, "
-                         "no bbox/AP in its metrics.json): evaluate it with `make eval`")
-        for label, entry in found:
+        folders.setdefault(name, []).append(folder)
+    results, notes, costs = OrderedDict(), [], OrderedDict()
+    for name, paths in folders.items():
+        found = []
+        for folder in paths:
+            rows = run_evaluations(name, folder)
+            if not rows:
+                notes.append(f"note: no evaluation in {folder} (no eval_results.json there or in a subfolder, "
+                             "no bbox/AP in its metrics.json): evaluate it with `make eval`")
+            found.append(OrderedDict(rows))
+        labels = [list(rows) for rows in found if rows]
+        if len(paths) > 1 and any(ls != labels[0] for ls in labels):
+            raise ResultsError(f"the runs named {name!r} hold different evaluations ({'; '.join(map(str, labels))}): "
+                               "runs of one name must be alike (seeds of one model)")
+        for label in (labels[0] if labels else []):
+            entry = aggregate([rows[label] for rows in found if rows], METRICS)
             while label in results:
                 label += "'"
             results[label] = entry
+        cost_files = [os.path.join(folder, MATCHED_COST_FILE) for folder in paths]
+        present = [f for f in cost_files if os.path.isfile(f)]
+        if present and len(present) < len(paths):
+            notes.append(f"note: {name}: {len(present)} of its {len(paths)} runs have a {MATCHED_COST_FILE}; "
+                         "their matched costs are left out (`make matched-cost` measures them all)")
+        elif present:
+            costs[name] = present
     datasets = {e.get("dataset") for e in results.values() if e.get("dataset")}
     if len(datasets) > 1:
         notes.append(f"note: these rows were evaluated on different datasets ({', '.join(sorted(datasets))}); "
                      "compare APs on the same one")
+    collect(results, (), [f"{name}={f}" for name, files in costs.items() for f in files])
     return results, notes
 
 
@@ -362,9 +426,10 @@ def format_run_table(results, baseline="student", distilled="mgd", markdown=Fals
     table = format_table(results, baseline, distilled, markdown)
     lines = ["", "Rows:"]
     for label, entry in models(results).items():
-        what = ", ".join(x for x in (entry.get("network"), entry.get("weights")) if x)
-        on = f" on {entry['dataset']}" if entry.get("dataset") else ""
-        lines.append(f"  {label}: {what}{on}; {entry.get('source')}")
+        for run in _runs_of(entry):
+            what = ", ".join(x for x in (run.get("network"), run.get("weights")) if x)
+            on = f" on {run['dataset']}" if run.get("dataset") else ""
+            lines.append(f"  {label}: {what}{on}; {run.get('source')}")
     return table + "\n" + "\n".join(lines)
 
 

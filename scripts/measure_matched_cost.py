@@ -89,6 +89,9 @@ def measure(args) -> dict:
     for name, json_file, image_root in args.dataset or ():  # a DatasetError or ConfigError is a UserError
         register_coco_dataset(name, json_file, image_root)
     cfg = load_config(args.config_file, args.opts)
+    from detectron2.engine.mgd_scale import apply_scale
+
+    apply_scale(cfg, args.scale, explicit=[str(k) for k in args.opts[0::2]])
     if not is_mgd_config(cfg):
         raise MeasureError(f"{args.config_file} is not an MGD config (MODEL.META_ARCHITECTURE "
                            "MGDRetinaNet): the matched cost needs a teacher and a student")
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="student RetinaNet (or MGD) checkpoint")
     p.add_argument("--dataset", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
                    help="register a COCO-format set (repeatable), as train_net.py --dataset")
+    p.add_argument("--scale", default="coco", help="input sizes, as train_net.py --scale (make SCALE=): coco, data "
+                   "or a shorter side in px; give the runs' own")
     p.add_argument("--split", default="", help="dataset to measure on (default DATASETS.TEST[0])")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward (default 4)")
     p.add_argument("--out", required=True, help="JSON file to write")

@@ -27,7 +27,7 @@ Uses matplotlib's Agg backend (no display needed).
 """
 import os
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
@@ -54,11 +54,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     runs = OrderedDict()
     named_paths = parse_runs(args.runs)
+    counts = Counter(name for name, _ in named_paths)
+    seen = Counter()
     for name, path in named_paths:
         records, bad = read_metrics(path)
+        seen[name] += 1
+        label = f"{name} [{seen[name]}]" if counts[name] > 1 else name  # curves of each run of a name
         if bad:
-            print(f"note: {name}: skipped {bad} unreadable line(s) of metrics.json")
-        runs[name] = records
+            print(f"note: {label}: skipped {bad} unreadable line(s) of metrics.json")
+        runs[label] = records
     table = load_results(args.ap_table) if args.ap_table else ap_of_runs(named_paths, runs)
     try:
         os.makedirs(args.out, exist_ok=True)

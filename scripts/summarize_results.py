@@ -4,13 +4,18 @@
     python scripts/summarize_results.py RESULTS.json [--collect NAME=SRC ...]         [--matched-cost NAME=FILE ...] [--baseline student] [--distilled mgd] [--markdown]
     python scripts/summarize_results.py --runs [NAME=]DIR ... [--write RESULTS.json] [--markdown]
 
---runs: the evaluations found in run folders (``make plots RUNS=...``): every
+--runs: the evaluations found in run folders (``make plots RUNS=...``), and the matched costs
+that ``make matched-cost`` wrote there (``matched_cost.json``): every
 ``eval_results.json`` in DIR or a direct subfolder (``make eval`` writes DIR/eval and
 DIR/eval-teacher; ``previous-N`` archives are left out), else the last ``bbox/AP`` of DIR's
 metrics.json (the training's final evaluation). A row is named NAME (default: the folder's
 name) for a run's only student (or plain) evaluation, "NAME (teacher)" for its only teacher
 evaluation, else NAME/SUBFOLDER; each row says what was evaluated on which dataset, from the
-results file's "provenance". --write saves the rows as RESULTS.json (the format below).
+results file's "provenance". A NAME given several times names runs of one model (seeds, e.g.
+``student=run-s1 student=run-s2 mgd=mgd-s1 mgd=mgd-s2``): its row holds their mean ± sd, and
+"MGD - student" is paired run by run in the order given, with its 95 % t-interval. --write saves
+the rows as RESULTS.json (the format below). A teacher row less than 2 AP above the student's
+gets one warning line.
 
 RESULTS.json format (written by the demo; AP values in percent, as Detectron2 prints them)::
 
@@ -37,7 +42,8 @@ Several runs of one model (seeds): give the same NAME several times. Its entry t
 mean, "std" (sample standard deviation, n - 1) and the per-run values in "runs"; matched costs
 likewise ("matched_cost" holds the means, "matched_cost_std" and "matched_cost_runs" the rest).
 Runs are paired in the order given: the "MGD - student" row is the mean of the per-run
-differences, with their standard deviation.
+differences, with their standard deviation and 95 % t-interval; with one run each, the row says
+it is a single difference, without spread.
 """
 import os
 import sys
@@ -47,7 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
 from mgd_tools.results_table import (  # noqa: E402
     ResultsError, collect, collect_runs, format_cost_table, format_run_table, format_table, load_results, models,
-    parse_runs, write_results)
+    parse_runs, teacher_gap_warning, write_results)
 
 
 def build_parser():
@@ -83,6 +89,7 @@ def main(argv=None):
     if not models(results):
         raise ResultsError(f"results file {args.results!r} holds no models")
     print(format_table(results, args.baseline, args.distilled, args.markdown))
+    _warn_teacher_gap(results, args.baseline)
     costs = format_cost_table(results, args.baseline, args.distilled, args.markdown)
     if costs:
         print("\nMean matched cost to the teacher (2 - 2 cos per channel; lower = closer):")
@@ -99,7 +106,18 @@ def _main_runs(args):
         print(note)
     if models(results):
         print(format_run_table(results, args.baseline, args.distilled, args.markdown))
+        _warn_teacher_gap(results, args.baseline)
+    costs = format_cost_table(results, args.baseline, args.distilled, args.markdown)
+    if costs:
+        print("\nMean matched cost to the teacher (2 - 2 cos per channel; lower = closer):")
+        print(costs)
     return 0
+
+
+def _warn_teacher_gap(results, baseline):
+    warning = teacher_gap_warning(results, baseline)
+    if warning:
+        print(warning)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ def shrunk(block: str, root: Path) -> str:
         ('MGD.UPDATE_SLOW_STEP \\"[200]\\"', 'MGD.UPDATE_SLOW_STEP \\"[2]\\"'),
         ("MGD.UPDATE_ITER 10", "MGD.UPDATE_ITER 2"),
         ("$(cat output/probe/loss_factors.txt)", f"$(cat {root}/output/probe/loss_factors.txt)"),
+        ('RUNS="student=output/base-R18 mgd=output/mgd"', f'RUNS="student={root}/output/base-R18 mgd={root}/output/mgd"'),
+        ('RUNS="teacher=output/base-R50 student=output/base-R18 mgd=output/mgd"',
+         f'RUNS="teacher={root}/output/base-R50 student={root}/output/base-R18 mgd={root}/output/mgd"'),
     ]
     for old, new in substitutions:
         assert old in block, f"the README's own-data block no longer contains {old!r}"
@@ -58,6 +61,14 @@ def test_the_readme_block_runs_and_every_step_uses_the_data_scale(tmp_path):
         assert config.startswith("# train_net.py --scale data"), run
         sizes = yaml.safe_load(config)["INPUT"]
         assert (sizes["MIN_SIZE_TEST"], sizes["MAX_SIZE_TEST"]) == (64, 64), run
+    for run in ("base-R50", "base-R18", "mgd"):  # one SEED for every run: the students see the same batches
+        assert yaml.safe_load((out / run / "config.yaml").read_text())["SEED"] == 1, run
+    for run in ("base-R18", "mgd"):  # the comparison's matched costs, read by make plots
+        costs = json.loads((out / run / "matched_cost.json").read_text())["costs"]
+        assert set(costs) == {"c2", "c3", "c4", "c5"}
+    table = json.loads((out / "plots" / "results.json").read_text())
+    assert set(table["matched_cost"]) == {"student", "mgd"}
+    assert "MGD - student (one run each: no spread)" in proc.stdout
     assert "_random_init.yaml" in (out / "base-R50" / "log.txt").read_text()
     assert (out / "probe" / "loss_factors.txt").read_text().startswith("MGD.LOSS_FACTORS [")
     results = json.loads((out / "mgd" / "eval" / "eval_results.json").read_text())
