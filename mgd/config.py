@@ -28,6 +28,11 @@ Keys added (defaults = the original's COCO 1x setting; docs/mgd.md):
   batches from the training stream, so the steps after a pass see the batches after it) |
   "separate" (a stream of their own, with its own seed: the training batches are those of a
   run without matchings, e.g. of the plain student a study compares with)
+* ``MGD.DISTILL_UNTIL`` the iteration from which the distillation loss is no longer trained on
+  (computed and logged as with weight 0); default 0: the whole run
+* ``MGD.GRAD_NORM_PERIOD`` every that many iterations, log the norms of the detection and the
+  distillation gradients on the student's bottom-up ResNet and their cosine (``mgd/grad_*``;
+  two extra backward passes on those iterations; the update is unchanged); default 0: never
 * ``MGD.MATCHING_RANKS`` "all" (each matching is solved from every rank's images: the same
   image count at any process count) | "rank0" (rank 0's alone, the original's rule)
 * ``MGD.LOSS_FACTORS`` nine per-position divisors of the loss
@@ -132,6 +137,10 @@ def add_mgd_config(cfg):
     cfg.MGD.MATCHING_RANKS = "all"
     # the distillation loss's weight (0: computed and logged, not trained on: a study's control)
     cfg.MGD.LOSS_WEIGHT = 1.0
+    # distillation trained on before this iteration only (0: the whole run)
+    cfg.MGD.DISTILL_UNTIL = 0
+    # log detection / distillation gradient norms on the student's ResNet every N iterations (0: never)
+    cfg.MGD.GRAD_NORM_PERIOD = 0
     # "matching" (solved on the schedule) | "random" (drawn once, never re-solved: the ablation)
     cfg.MGD.ASSIGNMENT = "matching"
     # where the matching passes draw batches: "training" (the original's) | "separate"

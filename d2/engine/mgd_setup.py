@@ -213,6 +213,10 @@ def _check_mgd_keys(cfg: CfgNode) -> None:
     weight = mgd.LOSS_WEIGHT
     if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight < float("inf")):
         raise ConfigError(f"MGD.LOSS_WEIGHT must be a finite number >= 0 (0: computed, not trained on), got {weight!r}")
+    for key in ("DISTILL_UNTIL", "GRAD_NORM_PERIOD"):
+        value = mgd[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"MGD.{key} must be a whole number >= 0 (0: off), got {value!r}")
     if mgd.ASSIGNMENT not in ASSIGNMENTS:
         raise ConfigError(f"MGD.ASSIGNMENT {mgd.ASSIGNMENT!r}: use 'matching' (solved on the schedule) or 'random' "
                           "(drawn once, never re-solved)")

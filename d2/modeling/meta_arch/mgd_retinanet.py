@@ -160,6 +160,10 @@ class MGDRetinaNet(nn.Module):
         self.matching_ranks = cfg.MGD.MATCHING_RANKS
         #: what ``loss_distill`` is multiplied by (MGD.LOSS_WEIGHT; 0: computed, not trained on)
         self.loss_weight = float(cfg.MGD.LOSS_WEIGHT)
+        #: iteration from which the distillation is no longer trained on (MGD.DISTILL_UNTIL; 0: never)
+        self.distill_until = int(cfg.MGD.DISTILL_UNTIL)
+        #: log the gradients' norms every that many iterations (MGD.GRAD_NORM_PERIOD; 0: never)
+        self.grad_norm_period = int(cfg.MGD.GRAD_NORM_PERIOD)
         self._distilled = [self.positions[i] for i in self.distiller.distilled_positions]
         self._wanted = {p.feature_key for p in self._distilled}
         # run the teacher's FPN only when one of its outputs is distilled
@@ -258,10 +262,11 @@ class MGDRetinaNet(nn.Module):
             losses = self.s_net(batched_inputs)
         with torch.no_grad():
             t_taps = self._backbone_taps(self.t_net, batched_inputs)
-        trained = self.loss_weight != 0  # weight 0: computed and logged, no gradient reaches the student
+        storage = get_event_storage()
+        # weight 0, or past MGD.DISTILL_UNTIL: computed and logged, no gradient reaches the student
+        trained = self.loss_weight != 0 and not (self.distill_until and storage.iter >= self.distill_until)
         with _float32(self.device), torch.set_grad_enabled(trained):
             per_position = self.distiller(self._position_list(s_taps), self._position_list(t_taps))
-        storage = get_event_storage()
         for name, value in per_position.items():
             storage.put_scalar(f"mgd/loss_{name}", value.detach().item() / self.loss_divisor)
         distill = sum(per_position.values()) / self.loss_divisor
@@ -271,7 +276,28 @@ class MGDRetinaNet(nn.Module):
         elif self.loss_weight != 1:
             distill = distill * self.loss_weight
         losses["loss_distill"] = distill
+        if trained and self.grad_norm_period and storage.iter % self.grad_norm_period == 0:
+            self._log_gradient_norms(losses, storage)
         return losses
+
+    def _log_gradient_norms(self, losses: Dict[str, Tensor], storage) -> None:
+        """``mgd/grad_norm_detection``, ``mgd/grad_norm_distill`` (L2 norms over the student's
+        trainable bottom-up parameters, of the gradients the step's losses give them, as summed
+        by the trainer: before any AMP scaling or clipping) and ``mgd/grad_cosine`` (their
+        cosine). Computed with ``autograd.grad`` (the graph is kept): ``.grad`` and the update
+        are untouched."""
+        params = [p for p in self.s_net.backbone.bottom_up.parameters() if p.requires_grad]
+        detection = sum(v for k, v in losses.items() if k != "loss_distill")
+        grads = {}
+        for name, loss in (("detection", detection), ("distill", losses["loss_distill"])):
+            parts = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            grads[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+                                     for g, p in zip(parts, params)])
+        norms = {name: g.norm() for name, g in grads.items()}
+        for name, norm in norms.items():
+            storage.put_scalar(f"mgd/grad_norm_{name}", norm.item())
+        denominator = (norms["detection"] * norms["distill"]).clamp_min(1e-30)
+        storage.put_scalar("mgd/grad_cosine", (grads["detection"] @ grads["distill"] / denominator).item())
 
     @torch.no_grad()
     def distillation_losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
