@@ -15,7 +15,12 @@ arm. docs/study.md says how the CPU protocol was chosen. Keys (all required)::
     probe: {matching_batches}                                    # the loss-factor probe
     arms: {plain: 5, mgd: 5, ...}                                # seeds 1..n of each arm
 
-and, optional, ``score_threshold`` (MODEL.RETINANET.SCORE_THRESH_TEST of every evaluation;
+and, optional, ``exploratory``: arms run after the pre-registered ones and reported apart, not
+part of the study's decision (what an investigation adds once the answer is in)::
+
+    exploratory: {distill_first_half: {seeds: 3, opts: [MGD.DISTILL_UNTIL, 150], what: "..."}}
+
+each the ``mgd`` arm with ``opts`` added; and ``score_threshold`` (MODEL.RETINANET.SCORE_THRESH_TEST of every evaluation;
 default 0.05, Detectron2's): a model trained a few iterations (the tests' tiny protocol) scores
 no box above 0.05, and its AP would be undefined.
 """
@@ -70,10 +75,13 @@ class Protocol:
     probe: Dict[str, int]
     arms: Dict[str, int]
     score_threshold: float = 0.05
+    exploratory: Dict[str, dict] = field(default_factory=dict)
     source: str = field(default="", compare=False)
 
     def seeds(self, arm: str) -> List[int]:
-        return list(range(1, self.arms.get(arm, 0) + 1))
+        """Seeds 1..n of a pre-registered or an exploratory arm."""
+        n = self.arms[arm] if arm in self.arms else int(self.exploratory.get(arm, {}).get("seeds", 0))
+        return list(range(1, n + 1))
 
     def input_opts(self) -> List[str]:
         size = str(self.input_size)
@@ -93,7 +101,7 @@ class Protocol:
                 "input_size": self.input_size, "batch": self.batch,
                 "teacher": vars(self.teacher), "student": vars(self.student), "matching": dict(self.matching),
                 "probe": dict(self.probe), "arms": dict(self.arms), "score_threshold": self.score_threshold,
-                "source": self.source}
+                "exploratory": {k: dict(v) for k, v in self.exploratory.items()}, "source": self.source}
 
 
 def _schedule(raw: dict, where: str) -> Schedule:
@@ -124,8 +132,17 @@ def load_protocol(path: str) -> Protocol:
     if arms.get("plain", 0) < max(arms.values()):
         raise ProtocolError(f"{path}: every arm is compared with the plain student seed by seed: plain needs as many "
                             f"seeds as the arm with the most ({max(arms.values())})")
+    exploratory = {str(k): dict(v) for k, v in (raw.get("exploratory") or {}).items()}
+    for name, entry in exploratory.items():
+        opts = entry.get("opts", [])
+        if name in ARMS or not isinstance(entry.get("seeds"), int) or not isinstance(opts, list) or len(opts) % 2:
+            raise ProtocolError(f"{path}: exploratory arm {name!r} needs a name of its own, seeds (a whole number) "
+                                "and opts (KEY VALUE pairs)")
+        if entry["seeds"] > arms.get("plain", 0):
+            raise ProtocolError(f"{path}: exploratory arm {name!r} has more seeds than plain ({arms.get('plain', 0)})")
     return Protocol(name=str(raw["name"]), data=dict(raw["data"]), pretrain=dict(raw["pretrain"]),
                     input_size=int(raw["input_size"]), batch=int(raw["batch"]),
                     teacher=_schedule(raw["teacher"], "teacher"), student=_schedule(raw["student"], "student"),
                     matching=dict(raw["matching"]), probe=dict(raw["probe"]), arms=arms,
-                    score_threshold=float(raw.get("score_threshold", 0.05)), source=str(path))
+                    score_threshold=float(raw.get("score_threshold", 0.05)), exploratory=exploratory,
+                    source=str(path))

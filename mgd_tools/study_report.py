@@ -49,37 +49,48 @@ def _costs(path: str) -> Dict[str, float]:
         return json.load(f)["costs"]
 
 
+def _arm_entry(runner, arm: str, what: str) -> dict:
+    """One arm's runs: seeds, what it is, AP/AP50/AP75 and the matched costs per seed."""
+    seeds = runner.protocol.seeds(arm)
+    entry = {"seeds": seeds, "what": what}
+    evaluations = [read_metrics_source(os.path.join(runner.run_dir(s, arm), "eval", "eval_results.json"))
+                   for s in seeds]
+    for metric in METRICS:
+        entry[metric] = [float(e[metric]) for e in evaluations]
+    costs = [_costs(os.path.join(runner.run_dir(s, arm), "matched_cost.json")) for s in seeds]
+    entry["matched_cost"] = {pos: [c[pos] for c in costs] for pos in costs[0]}
+    return entry
+
+
+def _versus_plain(entry: dict, plain: dict) -> dict:
+    """The paired differences entry - plain by seed (AP, with AP50, AP75 and the matched costs)."""
+    by_seed = {m: (dict(zip(entry["seeds"], entry[m])), dict(zip(plain["seeds"], plain[m]))) for m in METRICS}
+    vs = paired_difference(*by_seed["AP"])
+    vs.update({m: paired_difference(*by_seed[m]) for m in METRICS[1:]})
+    vs["matched_cost"] = {pos: paired_difference(dict(zip(entry["seeds"], entry["matched_cost"][pos])),
+                                                 dict(zip(plain["seeds"], plain["matched_cost"][pos])))
+                          for pos in entry["matched_cost"]}
+    return vs
+
+
 def collect_results(runner) -> dict:
     """results.json's content from a finished study (``runner``: the StudyRunner that ran it)."""
     p = runner.protocol
     teacher = read_metrics_source(runner.path("teacher", "eval", "eval_results.json"))
-    arms = {}
-    for arm in ARMS:
-        seeds = p.seeds(arm)
-        if not seeds:
-            continue
-        entry = {"seeds": seeds, "what": ARMS[arm]}
-        evaluations = [read_metrics_source(os.path.join(runner.run_dir(s, arm), "eval", "eval_results.json"))
-                       for s in seeds]
-        for metric in METRICS:
-            entry[metric] = [float(e[metric]) for e in evaluations]
-        costs = [_costs(os.path.join(runner.run_dir(s, arm), "matched_cost.json")) for s in seeds]
-        entry["matched_cost"] = {pos: [c[pos] for c in costs] for pos in costs[0]}
-        arms[arm] = entry
+    arms = {arm: _arm_entry(runner, arm, what) for arm, what in ARMS.items() if p.seeds(arm)}
+    exploratory = {arm: {**_arm_entry(runner, arm, str(spec.get("what", ""))), "opts": list(spec.get("opts", []))}
+                   for arm, spec in p.exploratory.items() if p.seeds(arm)}
     plain = arms.get("plain")
-    for arm, entry in arms.items():
-        if arm == "plain" or plain is None:
-            continue
-        by_seed = {m: (dict(zip(entry["seeds"], entry[m])), dict(zip(plain["seeds"], plain[m]))) for m in METRICS}
-        vs = paired_difference(*by_seed["AP"])
-        vs.update({m: paired_difference(*by_seed[m]) for m in METRICS[1:]})
-        vs["matched_cost"] = {pos: paired_difference(dict(zip(entry["seeds"], entry["matched_cost"][pos])),
-                                                     dict(zip(plain["seeds"], plain["matched_cost"][pos])))
-                              for pos in entry["matched_cost"]}
-        entry["vs_plain"] = vs
+    if plain is not None:
+        for arm, entry in list(arms.items()) + list(exploratory.items()):
+            if arm != "plain":
+                entry["vs_plain"] = _versus_plain(entry, plain)
     steps = dict(runner.timings)
-    return {"teacher": {m: float(teacher[m]) for m in METRICS}, "arms": arms, "protocol": p.as_dict(),
-            "wall_seconds": round(sum(steps.values()), 1), "steps": steps, "machine": machine()}
+    results = {"teacher": {m: float(teacher[m]) for m in METRICS}, "arms": arms, "protocol": p.as_dict(),
+               "wall_seconds": round(sum(steps.values()), 1), "steps": steps, "machine": machine()}
+    if exploratory:
+        results["exploratory"] = exploratory
+    return results
 
 
 def _fmt(value, signed=False) -> str:
@@ -88,13 +99,20 @@ def _fmt(value, signed=False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
+def _rows(results: dict) -> list:
+    """(label, entry) of every arm, the exploratory ones last and labelled so."""
+    return list(results["arms"].items()) + [(f"{name} (exploratory)", entry)
+                                            for name, entry in results.get("exploratory", {}).items()]
+
+
 def format_tables(results: dict) -> str:
     """Markdown: AP per arm (mean ± sd, every seed), the paired differences with their
     intervals, and the matched cost per position."""
     lines = [f"Teacher R50: AP {results['teacher']['AP']:.2f}, AP50 {results['teacher']['AP50']:.2f}, "
              f"AP75 {results['teacher']['AP75']:.2f}", "",
              "| arm | seeds | AP (mean ± sd) | AP50 | AP75 | AP per seed |", "|---|---:|---:|---:|---:|---|"]
-    for arm, e in results["arms"].items():
+    rows = _rows(results)
+    for arm, e in rows:
         cells = []
         for m in METRICS:
             s = summary(e[m])
@@ -102,7 +120,7 @@ def format_tables(results: dict) -> str:
         lines.append(f"| {arm} | {len(e['seeds'])} | {' | '.join(cells)} | {', '.join(f'{v:.2f}' for v in e['AP'])} |")
     lines += ["", "| arm − plain (paired by seed) | n | AP: mean | sd | 95 % CI | AP50: mean [95 % CI] | "
                   "AP75: mean [95 % CI] |", "|---|---:|---:|---:|---|---|---|"]
-    for arm, e in results["arms"].items():
+    for arm, e in rows:
         vs = e.get("vs_plain")
         if not vs:
             continue
@@ -116,7 +134,7 @@ def format_tables(results: dict) -> str:
     positions = [p for p in POSITIONS if p in next(iter(results["arms"].values()))["matched_cost"]]
     lines += ["", "| arm | " + " | ".join(f"matched cost {p}" for p in positions) + " |",
               "|---|" + "---:|" * len(positions)]
-    for arm, e in results["arms"].items():
+    for arm, e in rows:
         cells = []
         for p in positions:
             s = summary(e["matched_cost"][p])
@@ -186,7 +204,45 @@ def _plots(runner, results: dict, out: str) -> List[str]:
     written.append(os.path.join(out, "loss_curves.png"))
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
+    written += _diagnostic_plots(runner, results, out, plt)
     return written
+
+
+def _diagnostic_plots(runner, results: dict, out: str, plt) -> List[str]:
+    """The distillation loss per position over training (mgd, seed 1), and where an exploratory
+    arm logged them (MGD.GRAD_NORM_PERIOD), the gradient norms on the student's ResNet."""
+    records, _ = read_metrics(os.path.join(runner.run_dir(1, "mgd"), "metrics.json"))
+    logged = [(arm, read_metrics(os.path.join(runner.run_dir(1, arm), "metrics.json"))[0])
+              for arm, spec in results.get("exploratory", {}).items()
+              if "MGD.GRAD_NORM_PERIOD" in [str(o) for o in spec.get("opts", [])]]
+    fig, axes = plt.subplots(1, 1 + 2 * bool(logged), figsize=(5.5 * (1 + 2 * bool(logged)), 3.6), squeeze=False)
+    axes = axes[0]
+    for pos in POSITIONS:
+        xs, ys = series(records, f"mgd/loss_{pos}")
+        if xs:
+            axes[0].plot(xs, ys, label=pos)
+    axes[0].set_title("mgd (seed 1): distillation loss per position")
+    axes[0].set_xlabel("iteration")
+    axes[0].legend(fontsize=7)
+    for arm, recs in logged:
+        for key, label in (("mgd/grad_norm_detection", "detection"), ("mgd/grad_norm_distill", "distillation")):
+            xs, ys = series(recs, key)
+            axes[1].plot(xs, ys, marker="o", markersize=3, label=f"{label} ({arm})")
+        xs, ys = series(recs, "mgd/grad_cosine")
+        axes[2].plot(xs, ys, marker="o", markersize=3, label=arm)
+    if logged:
+        axes[1].set_yscale("log")
+        axes[1].set_title("gradient norm on the student's ResNet (seed 1)")
+        axes[2].axhline(0, color="black", linewidth=0.8)
+        axes[2].set_title("cosine(detection gradient, distillation gradient)")
+        for ax in axes[1:]:
+            ax.set_xlabel("iteration")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out, "distillation_diagnostics.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
 
 
 def write_report(runner) -> dict:

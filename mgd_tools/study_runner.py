@@ -117,21 +117,23 @@ class StudyRunner:
         plan += [Step(f"initial weights, seed {s}", "init", self.path(f"seed{s}", "initial_plain.pth"),
                       lambda s=s: self.initial_weights(s), 10) for s in seeds]
         plan.append(Step("loss-factor probe", "probe", self.path("probe", "loss_factors.txt"), self.probe, 20))
-        for seed in seeds:
-            for arm in ARMS:
-                if seed not in p.seeds(arm):
-                    continue
-                run = self.run_dir(seed, arm)
-                per_iteration = 0.35 if arm == "plain" else 0.5
-                plan += [
-                    Step(f"train {arm}, seed {seed}", f"train:{'plain' if arm == 'plain' else 'mgd'}",
-                         os.path.join(run, "model_final.pth"), lambda a=arm, s=seed: self.train_arm(a, s),
-                         per_iteration * student_its),
-                    Step(f"evaluate {arm}, seed {seed}", "eval", os.path.join(run, "eval", "eval_results.json"),
-                         lambda a=arm, s=seed: self.evaluate_arm(a, s), 15),
-                    Step(f"matched cost {arm}, seed {seed}", "cost", os.path.join(run, "matched_cost.json"),
-                         lambda a=arm, s=seed: self.matched_cost(a, s), 15),
-                ]
+        # seed by seed through the pre-registered arms, then the exploratory arms
+        runs = [(arm, seed) for seed in seeds for arm in ARMS] + [(arm, seed) for arm in p.exploratory
+                                                                   for seed in seeds]
+        for arm, seed in runs:
+            if seed not in p.seeds(arm):
+                continue
+            run = self.run_dir(seed, arm)
+            per_iteration = 0.35 if arm == "plain" else 0.5
+            plan += [
+                Step(f"train {arm}, seed {seed}", f"train:{'plain' if arm == 'plain' else 'mgd'}",
+                     os.path.join(run, "model_final.pth"), lambda a=arm, s=seed: self.train_arm(a, s),
+                     per_iteration * student_its),
+                Step(f"evaluate {arm}, seed {seed}", "eval", os.path.join(run, "eval", "eval_results.json"),
+                     lambda a=arm, s=seed: self.evaluate_arm(a, s), 15),
+                Step(f"matched cost {arm}, seed {seed}", "cost", os.path.join(run, "matched_cost.json"),
+                     lambda a=arm, s=seed: self.matched_cost(a, s), 15),
+            ]
         return plan
 
     # -- running ----------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class StudyRunner:
     def _check_settings(self) -> None:
         """A study folder holds the runs of one protocol: kept steps must have been made with the
         settings of this one (seeds may be added). Records them in ``protocol.json`` the first time."""
-        settings = {k: v for k, v in self.protocol.as_dict().items() if k not in ("arms", "source")}
+        settings = {k: v for k, v in self.protocol.as_dict().items() if k not in ("arms", "exploratory", "source")}
         settings = json.loads(json.dumps(settings))  # (tuples as lists, as read back)
         path = self.path("protocol.json")
         if os.path.exists(path):
@@ -280,7 +282,8 @@ class StudyRunner:
             self._train(STUDENT_CONFIG, self.path(f"seed{seed}", "initial_plain.pth"), self.run_dir(seed, arm), opts,
                         f"{arm}, seed {seed}")
             return
-        opts += p.matching_opts() + ["MGD.LOSS_FACTORS", json.dumps(self.loss_factors(arm))] + ARM_OPTS[arm]
+        extra = ARM_OPTS[arm] if arm in ARM_OPTS else [str(o) for o in p.exploratory[arm].get("opts", [])]
+        opts += p.matching_opts() + ["MGD.LOSS_FACTORS", json.dumps(self.loss_factors(arm))] + extra
         self._train(MGD_CONFIG, self.path(f"seed{seed}", "initial_mgd.pth"), self.run_dir(seed, arm), opts,
                     f"{arm}, seed {seed}")
 
