@@ -172,3 +172,32 @@ def test_refuses_non_finite_and_non_matrix_costs():
         mgd.solve_matching(bad)
     with pytest.raises(ValueError):
         mgd.solve_matching(torch.rand(2, 4, 1))
+
+
+@pytest.mark.parametrize("sc, tc, sparse", [(4, 8, False), (3, 8, False), (4, 8, True), (5, 5, False)])
+def test_random_assignment_is_an_injection_of_solve_matchings_form(sc, tc, sparse):
+    """Each student channel gets tc // sc distinct teacher channels (one for SM), none used twice."""
+    g = torch.Generator().manual_seed(0)
+    drawn = mgd.matching.random_assignment(sc, tc, sparse=sparse, generator=g)
+    k = 1 if sparse else tc // sc
+    assert drawn.dtype == torch.long and drawn.shape == (k * sc,)
+    assert len(set(drawn.tolist())) == k * sc and all(0 <= t < tc for t in drawn.tolist())
+
+
+def test_random_assignment_is_uniform_over_teacher_channels():
+    """Monte Carlo: every teacher channel is picked with probability k * sc / tc, and every
+    student channel's first teacher is uniform (a chi-square bound on 4000 draws)."""
+    sc, tc, draws = 2, 6, 4000
+    g = torch.Generator().manual_seed(1)
+    counts = np.zeros((sc * (tc // sc), tc))
+    for _ in range(draws):
+        for slot, t in enumerate(mgd.matching.random_assignment(sc, tc, generator=g).tolist()):
+            counts[slot, t] += 1
+    expected = draws / tc
+    chi2 = ((counts - expected) ** 2 / expected).sum(axis=1)
+    assert (chi2 < 25.7).all(), chi2  # 99.99 % quantile of chi-square with 5 degrees of freedom
+
+
+def test_random_assignment_follows_its_generator():
+    draw = [mgd.matching.random_assignment(8, 32, generator=torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])

@@ -69,6 +69,14 @@ def test_the_study_writes_every_arm_every_seed_and_the_paired_intervals(study):
     assert arms["factors_x4"]["vs_plain"]["ci95"] is None  # one seed: a difference, no interval
     assert "plain" in (out / "tables.md").read_text() and (out / "plots" / "difference_vs_plain.png").stat().st_size
     assert "[study] results:" in proc.stdout and "ETA" in proc.stdout
+    # the exploratory arm: apart from the pre-registered ones, compared with plain the same way
+    grad_norms = results["exploratory"]["grad_norms"]
+    assert grad_norms["seeds"] == [1] and grad_norms["vs_plain"]["differences"] == pytest.approx(
+        [grad_norms["AP"][0] - plain["AP"][0]])
+    logged = [json.loads(x) for x in (out / "seed1" / "grad_norms" / "metrics.json").read_text().splitlines()]
+    assert any("mgd/grad_norm_distill" in r for r in logged)
+    assert "grad_norms (exploratory)" in (out / "tables.md").read_text()
+    assert (out / "plots" / "distillation_diagnostics.png").stat().st_size
 
 
 def test_the_control_trains_the_plain_student_bit_for_bit(study):
@@ -82,7 +90,11 @@ def test_the_control_trains_the_plain_student_bit_for_bit(study):
         control = torch.load(out / f"seed{seed}" / "control" / "model_final.pth", weights_only=True)["model"]
         plain = torch.load(out / f"seed{seed}" / "plain" / "model_final.pth", weights_only=True)["model"]
         assert plain and all(torch.equal(control["s_net." + k], v) for k, v in plain.items())
-    # not trivially: the control computed the distillation loss and ran its matchings
+    # not trivially: the distillation trains the MGD arm's student away from the plain one's
+    mgd = torch.load(out / "seed1" / "mgd" / "model_final.pth", weights_only=True)["model"]
+    plain = torch.load(out / "seed1" / "plain" / "model_final.pth", weights_only=True)["model"]
+    assert any(not torch.equal(mgd["s_net." + k], v) for k, v in plain.items())
+    # and the control computed the distillation loss and ran its matchings
     metrics = [json.loads(x) for x in (out / "seed1" / "control" / "metrics.json").read_text().splitlines()]
     assert metrics[-1]["mgd/loss_distill_untrained"] > 0 and metrics[-1]["loss_distill"] == 0
     matchings = (out / "seed1" / "control" / "mgd_matching.json").read_text().splitlines()
@@ -123,7 +135,7 @@ def test_ctrl_c_then_the_same_command_gives_the_uninterrupted_study(study, tmp_p
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "progress: iteration" in line:  # a training of the study runs: Ctrl-C as a terminal sends it
+            if "Starting training from iteration" in line:  # seed 2's control trains: Ctrl-C as a terminal sends it
                 time.sleep(0.5)
                 subprocess.run(["kill", "-INT", f"-{proc.pid}"])
                 break
@@ -133,8 +145,8 @@ def test_ctrl_c_then_the_same_command_gives_the_uninterrupted_study(study, tmp_p
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
     output = "".join(lines)
-    assert proc.returncode != 0 and "the same command continues the study" in output, output[-3000:]
-    assert not (copy / "results.json").exists()
+    assert proc.returncode == 130 and "the same command continues the study" in output, output[-3000:]
+    assert "train control, seed 2" in output and not (copy / "results.json").exists()
     again = _study(copy)
     assert "already done" in again.stdout
     assert _results(copy)["arms"] == _results(out)["arms"]
