@@ -30,7 +30,8 @@ Keys added (defaults = the original's COCO 1x setting; docs/mgd.md):
   run without matchings, e.g. of the plain student a study compares with)
 * ``MGD.DISTILL_UNTIL`` the iteration from which the distillation loss is no longer trained on
   (computed and logged as with weight 0); default 0: the whole run
-* ``MGD.GRAD_NORM_PERIOD`` every that many iterations, log the norms of the detection and the
+* ``MGD.GRAD_NORM_PERIOD`` on every that many-th iteration (n - 1, 2n - 1, ...: with 20, those
+  Detectron2's writers log), log the norms of the detection and the
   distillation gradients on the student's bottom-up ResNet and their cosine (``mgd/grad_*``;
   two extra backward passes on those iterations; the update is unchanged); default 0: never
 * ``MGD.MATCHING_RANKS`` "all" (each matching is solved from every rank's images: the same

@@ -276,7 +276,8 @@ class MGDRetinaNet(nn.Module):
         elif self.loss_weight != 1:
             distill = distill * self.loss_weight
         losses["loss_distill"] = distill
-        if trained and self.grad_norm_period and storage.iter % self.grad_norm_period == 0:
+        # on the last iteration of each period: the one Detectron2's writers log (every 20th: 19, 39, ...)
+        if trained and self.grad_norm_period and (storage.iter + 1) % self.grad_norm_period == 0:
             self._log_gradient_norms(losses, storage)
         return losses
 
