@@ -28,6 +28,8 @@ from .study_protocol import ARMS
 __all__ = ["collect_results", "write_report", "machine", "format_tables"]
 
 POSITIONS = ("c2", "c3", "c4", "c5")
+#: AP the teacher must lead the plain student's mean by for the study to speak to MGD (the paper: 4.9)
+TEACHER_LEAD_REQUIRED = 5.0
 
 
 def machine() -> dict:
@@ -88,6 +90,9 @@ def collect_results(runner) -> dict:
     steps = dict(runner.timings)
     results = {"teacher": {m: float(teacher[m]) for m in METRICS}, "arms": arms, "protocol": p.as_dict(),
                "wall_seconds": round(sum(steps.values()), 1), "steps": steps, "machine": machine()}
+    if plain is not None:  # the study's precondition: a teacher at least 5 AP ahead (the paper: 4.9)
+        lead = results["teacher"]["AP"] - summary(plain["AP"])["mean"]
+        results["teacher_lead"] = {"AP": lead, "required": TEACHER_LEAD_REQUIRED, "met": lead >= TEACHER_LEAD_REQUIRED}
     if exploratory:
         results["exploratory"] = exploratory
     return results
@@ -108,8 +113,12 @@ def _rows(results: dict) -> list:
 def format_tables(results: dict) -> str:
     """Markdown: AP per arm (mean ± sd, every seed), the paired differences with their
     intervals, and the matched cost per position."""
+    lead = results.get("teacher_lead")
     lines = [f"Teacher R50: AP {results['teacher']['AP']:.2f}, AP50 {results['teacher']['AP50']:.2f}, "
-             f"AP75 {results['teacher']['AP75']:.2f}", "",
+             f"AP75 {results['teacher']['AP75']:.2f}" + (
+                 f"; {lead['AP']:.2f} AP ahead of the plain student's mean (required: {lead['required']:g}: "
+                 f"{'met' if lead['met'] else 'NOT met: the study cannot speak to MGD with a strong teacher'})"
+                 if lead else ""), "",
              "| arm | seeds | AP (mean ± sd) | AP50 | AP75 | AP per seed |", "|---|---:|---:|---:|---:|---|"]
     rows = _rows(results)
     for arm, e in rows:

@@ -21,6 +21,7 @@ wall time.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -202,9 +203,18 @@ class StudyRunner:
         atomic_write(self.timings_path, lambda f: f.write(text.encode()))
 
     def _call(self, cmd: List[str], what: str) -> None:
-        """Run a command of the study; Ctrl-C (exit 130) becomes StudyInterrupted, a failure a UserError."""
-        proc = subprocess.run([str(c) for c in cmd], cwd=REPO)
-        if proc.returncode == 130:
+        """Run a command of the study; Ctrl-C becomes StudyInterrupted, a failure a UserError.
+
+        While the command runs, this process only notes a Ctrl-C (the terminal sends it to the
+        command too): a training then saves where it stopped and exits 130 (train_net.py),
+        rather than being killed by this process's KeyboardInterrupt."""
+        noted = []
+        previous = signal.signal(signal.SIGINT, lambda *_: noted.append(True))
+        try:
+            proc = subprocess.run([str(c) for c in cmd], cwd=REPO)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if noted or proc.returncode in (130, -signal.SIGINT):
             raise StudyInterrupted(what)
         if proc.returncode != 0:
             raise UserError(f"study step '{what}' failed (exit code {proc.returncode}); its output is above")

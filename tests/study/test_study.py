@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ pytest.importorskip("detectron2.modeling", reason="Detectron2 not importable (ru
 
 import torch  # noqa: E402
 
-from d2_support import REPO, detectron2_env  # noqa: E402
+from d2_support import REPO  # noqa: E402
+from interrupt_support import interrupt  # noqa: E402
 from scripts_support import run_make  # noqa: E402
 
 PROTOCOL = Path(__file__).with_name("tiny_protocol.yaml")
@@ -69,6 +69,8 @@ def test_the_study_writes_every_arm_every_seed_and_the_paired_intervals(study):
     assert arms["factors_x4"]["vs_plain"]["ci95"] is None  # one seed: a difference, no interval
     assert "plain" in (out / "tables.md").read_text() and (out / "plots" / "difference_vs_plain.png").stat().st_size
     assert "[study] results:" in proc.stdout and "ETA" in proc.stdout
+    plain_mean = sum(arms["plain"]["AP"]) / len(arms["plain"]["AP"])
+    assert results["teacher_lead"]["AP"] == pytest.approx(results["teacher"]["AP"] - plain_mean)
     # the exploratory arm: apart from the pre-registered ones, compared with plain the same way
     grad_norms = results["exploratory"]["grad_norms"]
     assert grad_norms["seeds"] == [1] and grad_norms["vs_plain"]["differences"] == pytest.approx(
@@ -129,23 +131,11 @@ def test_ctrl_c_then_the_same_command_gives_the_uninterrupted_study(study, tmp_p
         shutil.rmtree(copy / "seed2" / arm)
     cmd = ["make", "--no-print-directory", "-C", str(REPO), "study", f"STUDY_PROTOCOL={PROTOCOL}",
            f"STUDY_DIR={copy}", f"PYTHON={sys.executable}"]
-    proc = subprocess.Popen(cmd, env=dict(detectron2_env(), MGD_PROGRESS_SECONDS="0.2"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "Starting training from iteration" in line:  # seed 2's control trains: Ctrl-C as a terminal sends it
-                time.sleep(0.5)
-                subprocess.run(["kill", "-INT", f"-{proc.pid}"])
-                break
-        lines += proc.stdout.readlines()
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-    output = "".join(lines)
-    assert proc.returncode == 130 and "the same command continues the study" in output, output[-3000:]
+    code, output, finished = interrupt(cmd, after_iterations=2)  # seed 2's control, 2 of its 6 iterations done
+    assert finished is not None, output[-3000:]
+    # (make, Ctrl-C'd too, ends by the signal after its recipe's 130)
+    assert code in (130, -signal.SIGINT) and "the same command continues the study" in output, output[-3000:]
+    assert "interrupted: saved" in output  # the training kept what it had done
     assert "train control, seed 2" in output and not (copy / "results.json").exists()
     again = _study(copy)
     assert "already done" in again.stdout
