@@ -51,8 +51,8 @@ def test_collect_table_and_plots(runs):
     table = json.loads((runs / "results.json").read_text())
     assert list(table) == ["teacher", "student", "mgd"]
     assert table["student"] == {"AP": 8.25, "AP50": 16.5, "AP75": 4.125}
-    last = proc.stdout.splitlines()[-1].split()
-    assert last[:3] == ["MGD", "-", "student"] and last[3] == "+0.25"
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("MGD - student"))
+    assert row.startswith("MGD - student (one run each: no spread)") and row.split()[-3] == "+0.25"
 
     proc = run_script("plot_runs.py", "--runs", "teacher=teacher", "student=student", "mgd=mgd",
                       "--ap-table", "results.json", "--out", "plots", cwd=runs)
@@ -86,7 +86,7 @@ def test_results_table_formats():
     assert text.splitlines()[-1].split()[-3:] == ["+0.66", "+1.25", "+0.69"]
     md = sr.format_table(results, markdown=True)
     assert md.splitlines()[0] == "| model | AP | AP50 | AP75 |"
-    assert "| MGD - student | +0.66 | +1.25 | +0.69 |" in md
+    assert "| MGD - student (one run each: no spread) | +0.66 | +1.25 | +0.69 |" in md
     assert "MGD" not in sr.format_table({"teacher": results["teacher"]})
 
 
@@ -135,7 +135,9 @@ def test_seeds_are_averaged_and_paired(tmp_path):
     assert table["matched_cost_std"]["mgd"]["c2"] == pytest.approx(0.0)
     lines = proc.stdout.splitlines()
     # paired differences 0.5 and 1.0: mean +0.75, std 0.35
-    assert lines[4].split()[:6] == ["MGD", "-", "student", "+0.75", "±", "0.35"]
+    # and the 95 % t-interval: 0.75 -/+ 12.7062 (t, 1 degree of freedom) x 0.35355 / sqrt(2) = 3.1766
+    assert lines[4].startswith("MGD - student (paired over 2 runs: mean ± sd [95 % CI])")
+    assert lines[4].split()[13:18] == ["+0.75", "±", "0.35", "[-2.43,", "+3.93]"]
     assert "student (2 runs)" in lines[2]
     cost_rows = {line.split()[0]: line for line in lines[6:]}
     # c2: (0.6 - 0.9) / 0.9 = -33 %; c5: (0.2 - 0.4) / 0.4 = -50 %
