@@ -139,7 +139,11 @@ def test_seeds_are_averaged_and_paired(tmp_path):
     assert lines[4].startswith("MGD - student (paired over 2 runs: mean ± sd [95 % CI])")
     assert lines[4].split()[13:18] == ["+0.75", "±", "0.35", "[-2.43,", "+3.93]"]
     assert "student (2 runs)" in lines[2]
-    cost_rows = {line.split()[0]: line for line in lines[6:]}
+    # the teacher (10.0) is 1.75 AP ahead of the plain student's mean (8.25): one warning line
+    assert [line for line in lines if line.startswith("warning:")] == [
+        "warning: the teacher is +1.75 AP ahead of the plain student (student), less than 2: it has little to teach "
+        "(the paper's teacher was 4.9 AP ahead; docs/study.md)"]
+    cost_rows = {line.split()[0]: line for line in lines[6:] if line.strip()}
     # c2: (0.6 - 0.9) / 0.9 = -33 %; c5: (0.2 - 0.4) / 0.4 = -50 %
     assert cost_rows["c2"].split()[-2:] == ["-33", "%"]
     assert cost_rows["c5"].split()[-2:] == ["-50", "%"]
