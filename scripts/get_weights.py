@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from mgd.checkpoint import is_random_init, load_checkpoint_object  # noqa: E402
 from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
 from mgd.errors import UserError  # noqa: E402
+from mgd_tools.torchvision_convert import ConversionFailed, run_converter  # noqa: E402
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 DEPTHS = (18, 50)
@@ -63,13 +64,10 @@ def get_weights(weights_dir: str, checkout: str, random_init: bool) -> None:
             run([sys.executable, os.path.join(SCRIPTS, maker), "--depth", str(depth), pth])
         part = pkl + ".part"
         print(f"+ {sys.executable} {converter} {pth} {pkl}", flush=True)
-        proc = subprocess.run([sys.executable, converter, pth, part], capture_output=True, text=True)
-        if proc.returncode != 0:
-            if os.path.exists(part):
-                os.remove(part)
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise WeightsError(f"converting {pth} failed ({last}); delete it and run `make weights` again")
-        tensors = proc.stdout.count("->")
+        try:
+            tensors = run_converter(converter, pth, part).count("->")
+        except ConversionFailed as failure:
+            raise WeightsError(f"converting {pth} failed ({failure}); delete it and run `make weights` again") from None
         if random_init:
             subprocess.run([sys.executable, os.path.join(SCRIPTS, "random_init_marker.py"), "mark", part],
                            check=True, stdout=subprocess.DEVNULL)

@@ -12,7 +12,6 @@ atomically; an existing OUT is kept.
 """
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
@@ -20,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from mgd.checkpoint import atomic_write  # noqa: E402
 from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
 from mgd.errors import UserError  # noqa: E402
+from mgd_tools.torchvision_convert import ConversionFailed, run_converter  # noqa: E402
 
 
 def convert(checkout: str, pth: str, pkl: str) -> None:
@@ -28,12 +28,10 @@ def convert(checkout: str, pth: str, pkl: str) -> None:
     if not os.path.isfile(converter):
         raise UserError(f"{converter} not found; run `make detectron2` first")
     part = pkl + ".part"
-    proc = subprocess.run([sys.executable, converter, pth, part], capture_output=True, text=True)
-    if proc.returncode != 0:
-        if os.path.exists(part):
-            os.remove(part)
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"converting {pth} failed: {last}")
+    try:
+        run_converter(converter, pth, part)
+    except ConversionFailed as failure:
+        raise UserError(f"converting {pth} failed: {failure}") from None
     os.replace(part, pkl)
 
 
