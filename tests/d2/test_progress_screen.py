@@ -168,7 +168,8 @@ def test_the_matching_pass_reports_on_the_same_30_s_schedule(mgd_lines, monkeypa
     mgd_progress.PROGRESS.mark()
     # the original's rule: UPDATE_ITER + 1 = 10 batches of IMS_PER_BATCH 2 / 2 reference ranks = 1 image
     cfg = SimpleNamespace(MGD=SimpleNamespace(UPDATE_FREQ=[10], UPDATE_SLOW_STEP=[], UPDATE_ITER=9,
-                                              REFERENCE_WORLD_SIZE=2, MATCHING_RANKS="rank0", REMATCH_ON_RESUME=False),
+                                              REFERENCE_WORLD_SIZE=2, MATCHING_RANKS="rank0", REMATCH_ON_RESUME=False,
+                                              ASSIGNMENT="matching"),
                           SOLVER=SimpleNamespace(IMS_PER_BATCH=2), OUTPUT_DIR=str(tmp_path))
     hook = MGDMatchingHook(cfg)
     batches = iter([[i, i] for i in range(100)])
