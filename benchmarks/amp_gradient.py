@@ -112,7 +112,7 @@ def distillation_gradient(model, batch, dtype=None, init_scale: float = 2.0 ** 1
     float16 goes through an enabled GradScaler (scale, backward, unscale_); the second value
     says what ran: the dtype of a student convolution's output, the scale, whether an inf was found.
     """
-    from detectron2.modeling.meta_arch.mgd_retinanet import autocast
+    from detectron2.modeling.meta_arch.mgd_detector import autocast
     from detectron2.utils.events import EventStorage
 
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}

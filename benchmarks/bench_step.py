@@ -50,7 +50,7 @@ import torch  # noqa: E402
 
 import detectron2.modeling.backbone.mgd_resnet  # noqa: F401,E402
 import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401,E402
-from detectron2.modeling.meta_arch.mgd_retinanet import autocast  # noqa: E402
+from detectron2.modeling.meta_arch.mgd_detector import autocast  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402

@@ -42,8 +42,12 @@ Keys added (defaults = the original's COCO 1x setting; docs/mgd.md):
 * ``SOLVER.AMP.ENABLED`` mixed precision (Detectron2's later key; the pin lacks it);
   ``SOLVER.AMP.PRECISION`` "auto" (float16 with loss scaling on CUDA, bfloat16 on CPU) |
   "float16" | "bfloat16"
-* ``MGD.TEACHER.*`` / ``MGD.STUDENT.*``: DEPTH, RES2_OUT_CHANNELS, STRIDE_IN_1X1, FREEZE_AT,
-  NORM, STAGE_LAST_NORM, PIXEL_MEAN, PIXEL_STD of each RetinaNet
+* ``MGD.TEACHER.*`` / ``MGD.STUDENT.*``: META_ARCHITECTURE (a key of :data:`DETECTORS`:
+  "RetinaNet", the default, or "GeneralizedRCNN": Faster / Mask R-CNN), DEPTH,
+  RES2_OUT_CHANNELS, STRIDE_IN_1X1, FREEZE_AT, NORM, STAGE_LAST_NORM, PIXEL_MEAN, PIXEL_STD of
+  each network
+* ``MGD.ALLOW_MIXED_DETECTORS`` a teacher and a student of different META_ARCHITECTUREs are
+  refused unless True (MGD distils the backbones either way)
 * ``MODEL.RESNETS.STAGE_LAST_NORM`` ("" = off) for the ``build_mgd_*`` backbones
 
 It only adds keys: every key Detectron2 already has keeps upstream's default, MGD config or
@@ -52,13 +56,15 @@ not. The YAMLs carry their own values: every config in configs/ sets ``INPUT.FOR
 default False; the pin's ``build_optimizer`` reads it). The MGD defaults (positions, ignored
 positions, loss factors, reducer) are defined once, in :mod:`mgd.defaults`.
 
-The two RetinaNet configs are clones of the full config with only the keys above replaced
-(``derive_net_config``); the shared model keys (RETINANET, ANCHOR_GENERATOR, FPN, ...)
-come from the full config. Neither net's settings can leak into the other's.
+The two networks' configs are clones of the full config with only the keys above replaced
+(``derive_net_config``); the shared model keys (RETINANET, RPN, ROI_HEADS, ANCHOR_GENERATOR,
+FPN, ...) come from the full config. Neither net's settings can leak into the other's.
 """
+from typing import Optional
+
 from detectron2.config import CfgNode as CN
 
-from .defaults import DEFAULT_IGNORE_INDS, DEFAULT_LOSS_FACTORS, DEFAULT_REDUCER
+from .defaults import DEFAULT_IGNORE_INDS, DEFAULT_LOSS_FACTORS, DEFAULT_POSITION_NAMES, DEFAULT_REDUCER
 
 #: values of MGD.ASSIGNMENT and MGD.MATCHING_DATA
 ASSIGNMENTS = ("matching", "random")
@@ -74,6 +80,9 @@ __all__ = [
     "is_mgd_config",
     "distillation_divisor",
     "MGD_META_ARCHITECTURE",
+    "MGD_META_ARCHITECTURES",
+    "DETECTORS",
+    "detector_pair_problem",
     "MGD_BACKBONE",
     "TORCHVISION_PIXEL_MEAN",
     "TORCHVISION_PIXEL_STD",
@@ -81,7 +90,14 @@ __all__ = [
 ]
 
 MGD_META_ARCHITECTURE = "MGDRetinaNet"
+#: the distilling meta-architectures: RetinaNet to RetinaNet (the paper's), and any pair of DETECTORS
+MGD_META_ARCHITECTURES = (MGD_META_ARCHITECTURE, "MGDDetector")
 MGD_BACKBONE = "build_mgd_retinanet_resnet_fpn_backbone"
+#: the detectors a teacher or student may be (MGD.<NET>.META_ARCHITECTURE) and the ResNet-FPN
+#: backbone each is built on: RetinaNet's FPN gives P3-P7, GeneralizedRCNN's P2-P6
+DETECTORS = {"RetinaNet": MGD_BACKBONE, "GeneralizedRCNN": "build_mgd_resnet_fpn_backbone"}
+#: positions a detector's backbone does not have (GeneralizedRCNN's FPN ends at P6)
+ABSENT_POSITIONS = {"RetinaNet": (), "GeneralizedRCNN": ("p7",)}
 TORCHVISION_PIXEL_MEAN = [123.675, 116.28, 103.53]
 TORCHVISION_PIXEL_STD = [58.395, 57.12, 57.375]
 #: Detectron2's get_norm name of the original's synchronised BN (MGD.SYNC_BN)
@@ -102,6 +118,7 @@ _NET_KEYS = (
 
 def _net_node(depth, res2_out_channels, freeze_at, stage_last_norm):
     node = CN()
+    node.META_ARCHITECTURE = "RetinaNet"
     node.DEPTH = depth
     node.RES2_OUT_CHANNELS = res2_out_channels
     node.STRIDE_IN_1X1 = False
@@ -152,13 +169,40 @@ def add_mgd_config(cfg):
     cfg.MGD.REFERENCE_WORLD_SIZE = 8
     # The teacher is frozen whatever its FREEZE_AT; FREEZE_AT only decides (as in its base
     # training) which stages carry the stage-last norm.
+    # a teacher and a student of different META_ARCHITECTUREs are refused unless True
+    cfg.MGD.ALLOW_MIXED_DETECTORS = False
     cfg.MGD.TEACHER = _net_node(50, 256, 2, "")
     cfg.MGD.STUDENT = _net_node(18, 64, 1, "GN")
     return cfg
 
 
 def is_mgd_config(cfg) -> bool:
-    return cfg.MODEL.META_ARCHITECTURE == MGD_META_ARCHITECTURE
+    return cfg.MODEL.META_ARCHITECTURE in MGD_META_ARCHITECTURES
+
+
+def detector_pair_problem(cfg, required: Optional[str] = None) -> Optional[str]:
+    """What is wrong with the teacher / student META_ARCHITECTUREs of an MGD config, or None.
+
+    Each must be a key of :data:`DETECTORS`; with ``required`` (MGDRetinaNet: "RetinaNet")
+    both must be it; they must be the same unless ``MGD.ALLOW_MIXED_DETECTORS``.
+    """
+    teacher, student = cfg.MGD.TEACHER.META_ARCHITECTURE, cfg.MGD.STUDENT.META_ARCHITECTURE
+    for role, arch in (("TEACHER", teacher), ("STUDENT", student)):
+        if arch not in DETECTORS:
+            return (f"MGD.{role}.META_ARCHITECTURE {arch!r} is not a detector MGD can distil "
+                    f"(one of {', '.join(DETECTORS)})")
+        if required and arch != required:
+            return (f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} distils {required}s only, but "
+                    f"MGD.{role}.META_ARCHITECTURE is {arch!r}: use MODEL.META_ARCHITECTURE MGDDetector")
+    if teacher != student and not cfg.MGD.ALLOW_MIXED_DETECTORS:
+        return (f"the teacher is a {teacher} and the student a {student} (MGD.TEACHER/STUDENT.META_ARCHITECTURE): "
+                "set MGD.ALLOW_MIXED_DETECTORS True to distil across detectors")
+    for arch in dict.fromkeys((teacher, student)):
+        absent = [name for name in ABSENT_POSITIONS[arch] if DEFAULT_POSITION_NAMES.index(name) not in cfg.MGD.IGNORE_INDS]
+        if absent:
+            return (f"position {', '.join(absent)} is distilled (not in MGD.IGNORE_INDS) but a {arch} has no such "
+                    f"feature: add {', '.join(str(DEFAULT_POSITION_NAMES.index(n)) for n in absent)} to MGD.IGNORE_INDS")
+    return None
 
 
 def distillation_divisor(ims_per_batch: int, reference_world_size: int, world_size: int) -> float:
@@ -182,9 +226,10 @@ def distillation_divisor(ims_per_batch: int, reference_world_size: int, world_si
 
 
 def derive_net_config(cfg, role: str):
-    """The plain RetinaNet config of the teacher (role "teacher") or student ("student").
+    """The plain detector config of the teacher (role "teacher") or student ("student").
 
-    A clone of ``cfg`` with META_ARCHITECTURE "RetinaNet", the MGD backbone, and the keys of
+    A clone of ``cfg`` with the network's META_ARCHITECTURE, its MGD backbone
+    (:data:`DETECTORS`), and the keys of
     ``MGD.TEACHER`` / ``MGD.STUDENT`` written to their MODEL.* places. With ``MGD.SYNC_BN``
     a student stage-last norm of "GN" becomes "naiveSyncBN": Detectron2's NaiveSyncBatchNorm,
     what the original's "SyncBN" was on the PyTorch of its time (<= 1.5; later Detectron2
@@ -195,8 +240,11 @@ def derive_net_config(cfg, role: str):
     node = cfg.MGD.TEACHER if role == "teacher" else cfg.MGD.STUDENT
     out = cfg.clone()
     out.defrost()
-    out.MODEL.META_ARCHITECTURE = "RetinaNet"
-    out.MODEL.BACKBONE.NAME = MGD_BACKBONE
+    if node.META_ARCHITECTURE not in DETECTORS:
+        raise ValueError(f"MGD.{role.upper()}.META_ARCHITECTURE {node.META_ARCHITECTURE!r} is not one of "
+                         f"{', '.join(DETECTORS)}")
+    out.MODEL.META_ARCHITECTURE = node.META_ARCHITECTURE
+    out.MODEL.BACKBONE.NAME = DETECTORS[node.META_ARCHITECTURE]
     for key, path in _NET_KEYS:
         parent = out
         for part in path[:-1]:

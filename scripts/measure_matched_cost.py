@@ -94,7 +94,7 @@ def measure(args) -> dict:
     apply_scale(cfg, args.scale, explicit=[str(k) for k in args.opts[0::2]])
     if not is_mgd_config(cfg):
         raise MeasureError(f"{args.config_file} is not an MGD config (MODEL.META_ARCHITECTURE "
-                           "MGDRetinaNet): the matched cost needs a teacher and a student")
+                           "MGDRetinaNet or MGDDetector): the matched cost needs a teacher and a student")
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     cfg.MODEL.WEIGHTS = ""
     if "AMP" in cfg.SOLVER:

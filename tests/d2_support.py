@@ -29,11 +29,13 @@ TINY_INPUT = [
 
 
 def config_dir(tmp_root: Path) -> Path:
-    """tmp_root/configs/COCO-Detection holding this repo's configs, with Base-RetinaNet.yaml above."""
+    """tmp_root/configs/COCO-Detection holding this repo's configs, with Base-RetinaNet.yaml and
+    Base-RCNN-FPN.yaml above."""
     target = Path(tmp_root) / "configs" / "COCO-Detection"
     if not target.exists():
         target.mkdir(parents=True)
-        shutil.copy(CHECKOUT / "configs" / "Base-RetinaNet.yaml", target.parent)
+        for base in ("Base-RetinaNet.yaml", "Base-RCNN-FPN.yaml"):
+            shutil.copy(CHECKOUT / "configs" / base, target.parent)
         for yaml in (REPO / "configs").glob("*.yaml"):
             shutil.copy(yaml, target)
     return target

@@ -60,7 +60,7 @@ def probe_loss_factors(cfg, target: float = 0.02, iters: int = 1, matching_batch
         {"losses": {position: loss}, "suggested": nine factors, "divisor": the divisor}.
     """
     if not is_mgd_config(cfg):
-        raise ValueError("the loss-factor probe needs an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
+        raise ValueError("the loss-factor probe needs an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet or MGDDetector)")
     logger = logging.getLogger("detectron2")
     model = build_model(cfg)
     divisor = model.loss_divisor  # the one training divides by (mgd.config.distillation_divisor)

@@ -28,11 +28,13 @@ import yaml
 import detectron2
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine.mgd_checkpointer import check_weights_for_config
-from detectron2.modeling.meta_arch.mgd_retinanet import AMP_PRECISIONS
+from detectron2.modeling.meta_arch.mgd_detector import AMP_PRECISIONS
 
 from mgd.checkpoint import (DEPTH_LAYOUTS, STUDENT_BACKBONE_PREFIX, CheckpointError, Role, extract_state_dict,
                             is_random_init, load_checkpoint_object)
-from mgd.config import ASSIGNMENTS, MATCHING_DATA, add_mgd_config, is_mgd_config
+from mgd.config import (
+    ASSIGNMENTS, MATCHING_DATA, MGD_META_ARCHITECTURE, add_mgd_config, detector_pair_problem, is_mgd_config,
+)
 from mgd.defaults import DEFAULT_POSITION_NAMES
 from mgd.distiller import MATCHING_RANKS
 from mgd.errors import UserError
@@ -199,6 +201,9 @@ def _check_mgd_keys(cfg: CfgNode) -> None:
     for role in ("TEACHER", "STUDENT"):
         net = mgd[role]
         _check_net(f"MGD.{role}", net.DEPTH, net.RES2_OUT_CHANNELS, net.NORM, net.STAGE_LAST_NORM)
+    pairing = detector_pair_problem(cfg, "RetinaNet" if cfg.MODEL.META_ARCHITECTURE == MGD_META_ARCHITECTURE else None)
+    if pairing:
+        raise ConfigError(pairing)
     try:
         check_schedule(list(mgd.UPDATE_FREQ), list(mgd.UPDATE_SLOW_STEP))
     except ValueError as error:
@@ -241,9 +246,9 @@ def check_config(cfg: CfgNode, eval_only: bool = False, eval_teacher: bool = Fal
     keys, the networks' depths and norms, the matching schedule."""
     mgd = is_mgd_config(cfg)
     if eval_teacher and not (eval_only and mgd):
-        raise ConfigError("--eval-teacher needs --eval-only and an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
+        raise ConfigError("--eval-teacher needs --eval-only and an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet or MGDDetector)")
     if probe and not mgd:
-        raise ConfigError("--probe-loss-factors needs an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet)")
+        raise ConfigError("--probe-loss-factors needs an MGD config (MODEL.META_ARCHITECTURE MGDRetinaNet or MGDDetector)")
     _check_precision(cfg)
     if mgd:
         _check_mgd_keys(cfg)

@@ -42,7 +42,7 @@ from detectron2.engine.mgd_progress import ProgressHook
 from detectron2.engine.mgd_resume import (DataStreamCheckpointable, EventHistoryCheckpointable, IterationEndHook,
                                           LossNormalizerCheckpointable, ScalerCheckpointable, StepSeedHook)
 from detectron2.engine.mgd_sync_check import ParameterDigestHook
-from detectron2.modeling.meta_arch.mgd_retinanet import amp_dtype, autocast
+from detectron2.modeling.meta_arch.mgd_detector import amp_dtype, autocast
 from detectron2.utils import comm
 from detectron2.utils.mgd_compat import build_ddp, coco_evaluator, ddp_built_by, inner_trainer, training_data_iter, \
     write_metrics

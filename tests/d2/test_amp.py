@@ -18,7 +18,7 @@ import_overlay()
 from detectron2.engine.mgd_trainer import MGDTrainer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.engine.train_loop import HookBase  # noqa: E402
-from detectron2.modeling.meta_arch.mgd_retinanet import amp_dtype, autocast  # noqa: E402
+from detectron2.modeling.meta_arch.mgd_detector import amp_dtype, autocast  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 # 96 px, not the tests' usual 64: at 64 px FPN's p7 conv sees a 1x1 p6, a shape for which

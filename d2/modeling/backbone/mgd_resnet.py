@@ -1,4 +1,4 @@
-"""ResNet and RetinaNet-FPN backbones for MGD, added to Detectron2's BACKBONE_REGISTRY.
+"""ResNet and ResNet-FPN backbones for MGD (RetinaNet's P3-P7, GeneralizedRCNN's P2-P6), added to Detectron2's BACKBONE_REGISTRY.
 
 Built from upstream's own ResNet (``build_resnet_backbone``), so parameter names and shapes
 are upstream's and every upstream/torchvision-converted checkpoint loads unchanged. Two
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.backbone.build import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.mgd_norms import STAGE_LAST_NORMS
-from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import (
     BasicBlock,
     BottleneckBlock,
@@ -165,5 +165,20 @@ def build_mgd_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_mgd_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """Upstream's FPN of GeneralizedRCNN (P2-P6, P6 by max-pooling P5) on top of
+    :func:`build_mgd_resnet_backbone`: the backbone of an MGD Faster / Mask R-CNN."""
+    bottom_up = build_mgd_resnet_backbone(cfg, input_shape)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
