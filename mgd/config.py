@@ -83,6 +83,8 @@ __all__ = [
     "MGD_META_ARCHITECTURES",
     "DETECTORS",
     "detector_pair_problem",
+    "detector_name",
+    "num_classes",
     "MGD_BACKBONE",
     "TORCHVISION_PIXEL_MEAN",
     "TORCHVISION_PIXEL_STD",
@@ -178,6 +180,21 @@ def add_mgd_config(cfg):
 
 def is_mgd_config(cfg) -> bool:
     return cfg.MODEL.META_ARCHITECTURE in MGD_META_ARCHITECTURES
+
+
+def detector_name(cfg, role: Optional[str] = None) -> Optional[str]:
+    """The detector the config builds, as checkpoints name them (:data:`mgd.checkpoint.DETECTOR_HEADS`):
+    "RetinaNet", "Faster R-CNN" or "Mask R-CNN" (``MODEL.MASK_ON``); for ``role`` "teacher" /
+    "student" of an MGD config, that network's; None for another META_ARCHITECTURE."""
+    arch = cfg.MGD[role.upper()].META_ARCHITECTURE if role else cfg.MODEL.META_ARCHITECTURE
+    if arch == "GeneralizedRCNN":
+        return "Mask R-CNN" if cfg.MODEL.MASK_ON else "Faster R-CNN"
+    return "RetinaNet" if arch == "RetinaNet" else None
+
+
+def num_classes(cfg, detector: Optional[str]) -> int:
+    """The class count of ``detector`` (:func:`detector_name`) in ``cfg``."""
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES if detector in ("Faster R-CNN", "Mask R-CNN") else cfg.MODEL.RETINANET.NUM_CLASSES
 
 
 def detector_pair_problem(cfg, required: Optional[str] = None) -> Optional[str]:

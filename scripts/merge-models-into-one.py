@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Put a trained RetinaNet teacher and a converted torchvision student backbone in one file.
+"""Put a trained detector teacher (RetinaNet, Faster or Mask R-CNN) and a converted torchvision student backbone in one file.
 
     python scripts/merge-models-into-one.py TEACHER.pth|pkl STUDENT.pkl OUT.pkl \
         [--teacher-depth 50] [--student-depth 18]
 
-TEACHER: a Detectron2 RetinaNet checkpoint (e.g. model_final.pth of the base training, or a
+TEACHER: a Detectron2 detector checkpoint (e.g. model_final.pth of the base training, or a
 .pkl); its keys are saved as ``t_net.<key>``. STUDENT: a torchvision ResNet converted by
 Detectron2's tools/convert-torchvision-to-d2.py (``stem.*``, ``res2.*`` ... keys); its keys are
 saved as ``s_net.backbone.bottom_up.<key>``. OUT is a Detectron2 pickle
@@ -29,6 +29,7 @@ from mgd.checkpoint import (  # noqa: E402
     check_distinct_inputs,
     check_merge_inputs,
     check_output_path,
+    detector_of,
     extract_state_dict,
     human_size,
     is_random_init,
@@ -43,9 +44,9 @@ from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
 def build_parser():
     p = OneLineArgumentParser(
         prog="merge-models-into-one.py",
-        description="Merge a RetinaNet teacher and a converted torchvision student backbone "
+        description="Merge a detector teacher and a converted torchvision student backbone "
                     "into one Detectron2 pickle for MGD training.")
-    p.add_argument("teacher", metavar="TEACHER", help="teacher RetinaNet checkpoint (.pth or .pkl)")
+    p.add_argument("teacher", metavar="TEACHER", help="teacher detector checkpoint (.pth or .pkl)")
     p.add_argument("student", metavar="STUDENT",
                    help="student backbone converted by convert-torchvision-to-d2.py (.pkl)")
     p.add_argument("output", metavar="OUT", help="output pickle (.pkl)")
@@ -76,7 +77,7 @@ def main(argv=None):
                    if is_random_init(obj)]
     size = save_d2_pickle(merged, args.output, random_init=bool(random_init))
     print(f"teacher {args.teacher}: {len(teacher)} tensors -> {TEACHER_PREFIX}* "
-          f"(RetinaNet, {layout_text(teacher, D2_BACKBONE_PREFIX)})")
+          f"({detector_of(teacher) or 'detector'}, {layout_text(teacher, D2_BACKBONE_PREFIX)})")
     print(f"student {args.student}: {len(student)} tensors -> {STUDENT_BACKBONE_PREFIX}* "
           f"({layout_text(student)})")
     print(f"wrote {args.output}: {len(merged)} tensors, {human_size(size)}"

@@ -105,6 +105,25 @@ def retinanet_state_dict(depth=50, seed=1):
     return {k: rng.standard_normal(2 + i % 5).astype(np.float32) for i, k in enumerate(keys)}
 
 
+def rcnn_state_dict(depth=50, mask=False, seed=1):
+    """A Detectron2 Faster (``mask``: Mask) R-CNN-FPN-like state dict (the names of the pin's
+    GeneralizedRCNN: tests/d2/test_mgd_checkpoint_kinds.py checks them; tiny random arrays)."""
+    rng = np.random.default_rng(seed)
+    keys = ["pixel_mean", "pixel_std"] + d2_resnet_keys(depth)
+    for lvl in (2, 3, 4, 5):
+        for part in ("lateral", "output"):
+            keys += [f"backbone.fpn_{part}{lvl}.weight", f"backbone.fpn_{part}{lvl}.bias"]
+    for part in ("conv", "objectness_logits", "anchor_deltas"):
+        keys += [f"proposal_generator.rpn_head.{part}.weight", f"proposal_generator.rpn_head.{part}.bias"]
+    keys += [f"proposal_generator.anchor_generator.cell_anchors.{i}" for i in range(5)]
+    for part in ("box_head.fc1", "box_head.fc2", "box_predictor.cls_score", "box_predictor.bbox_pred"):
+        keys += [f"roi_heads.{part}.weight", f"roi_heads.{part}.bias"]
+    if mask:
+        for part in ("mask_fcn1", "mask_fcn2", "mask_fcn3", "mask_fcn4", "deconv", "predictor"):
+            keys += [f"roi_heads.mask_head.{part}.weight", f"roi_heads.mask_head.{part}.bias"]
+    return {k: rng.standard_normal(2 + i % 5).astype(np.float32) for i, k in enumerate(keys)}
+
+
 def d2_pickle(model, author="Detectron2"):
     return {"model": model, "__author__": author, "matching_heuristics": True}
 

@@ -42,7 +42,7 @@ from mgd.checkpoint import (
     shapes_of,
     strip_prefix,
 )
-from mgd.config import is_mgd_config
+from mgd.config import detector_name, is_mgd_config, num_classes
 
 __all__ = ["MGDCheckpointer", "check_weights_for_config", "strip_prefix", "Role"]
 
@@ -172,9 +172,12 @@ def check_weights_for_config(cfg, role: Role) -> None:
     if role.mgd != is_mgd_config(cfg):
         raise ValueError(f"{role} is not a role of this config (MGD: {is_mgd_config(cfg)})")
     state = extract_state_dict(load_checkpoint_object(path, "MODEL.WEIGHTS"), path, "MODEL.WEIGHTS")
-    nets = {Role.MGD_TRAINING: dict(depth=cfg.MGD.STUDENT.DEPTH, teacher_depth=cfg.MGD.TEACHER.DEPTH),
-            Role.STUDENT: dict(depth=cfg.MGD.STUDENT.DEPTH),
-            Role.TEACHER: dict(depth=cfg.MGD.TEACHER.DEPTH)}
-    check_weights_state(state, path, role, num_classes=cfg.MODEL.RETINANET.NUM_CLASSES,
-                        num_anchors=_num_anchors(cfg),
-                        **nets.get(role, dict(depth=cfg.MODEL.RESNETS.DEPTH)))
+    student, teacher = (detector_name(cfg, "student"), detector_name(cfg, "teacher")) if role.mgd else (None, None)
+    nets = {Role.MGD_TRAINING: dict(depth=cfg.MGD.STUDENT.DEPTH, teacher_depth=cfg.MGD.TEACHER.DEPTH,
+                                    detector=student, teacher_detector=teacher, num_classes=num_classes(cfg, teacher)),
+            Role.STUDENT: dict(depth=cfg.MGD.STUDENT.DEPTH, detector=student, num_classes=num_classes(cfg, student)),
+            Role.TEACHER: dict(depth=cfg.MGD.TEACHER.DEPTH, detector=teacher, num_classes=num_classes(cfg, teacher))}
+    plain = detector_name(cfg)
+    check_weights_state(state, path, role, num_anchors=_num_anchors(cfg),
+                        **nets.get(role, dict(depth=cfg.MODEL.RESNETS.DEPTH, detector=plain,
+                                              num_classes=num_classes(cfg, plain))))

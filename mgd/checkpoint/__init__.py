@@ -39,6 +39,8 @@ from .loading import (
 )
 from .strict import (
     CLASSIFIER_KEYS,
+    CLASSIFIER_KEYS_OF,
+    DETECTOR_HEADS,
     Role,
     check_checkpoint_role,
     check_distinct_inputs,
@@ -49,6 +51,7 @@ from .strict import (
     check_weights_path,
     check_weights_state,
     checkpoint_kind,
+    detector_of,
     match_keys,
     plan_load,
     select_network,
@@ -90,7 +93,10 @@ __all__ = [
     "convert_distilled",
     "Role",
     "CLASSIFIER_KEYS",
+    "CLASSIFIER_KEYS_OF",
+    "DETECTOR_HEADS",
     "checkpoint_kind",
+    "detector_of",
     "strip_prefix",
     "shapes_of",
     "check_checkpoint_role",

@@ -59,7 +59,10 @@ from .format import (
 __all__ = [
     "Role",
     "CLASSIFIER_KEYS",
+    "CLASSIFIER_KEYS_OF",
+    "DETECTOR_HEADS",
     "checkpoint_kind",
+    "detector_of",
     "strip_prefix",
     "shapes_of",
     "check_weights_path",
@@ -77,8 +80,22 @@ __all__ = [
     "check_distinct_inputs",
 ]
 
-#: the classification output layer of a RetinaNet (the only layer a new label set changes)
-CLASSIFIER_KEYS = ("head.cls_score.weight", "head.cls_score.bias")
+#: the detectors a file may hold, told apart by their head keys: the first whose prefix a key has
+DETECTOR_HEADS = (("Mask R-CNN", "roi_heads.mask_head."), ("Faster R-CNN", "roi_heads."), ("RetinaNet", "head."))
+#: per detector, the output layers whose shapes follow the label set (the only ones a new label
+#: set changes: re-initialised in a training)
+CLASSIFIER_KEYS_OF = {
+    "RetinaNet": ("head.cls_score.weight", "head.cls_score.bias"),
+    "Faster R-CNN": ("roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
+                     "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias"),
+}
+CLASSIFIER_KEYS_OF["Mask R-CNN"] = CLASSIFIER_KEYS_OF["Faster R-CNN"] + (
+    "roi_heads.mask_head.predictor.weight", "roi_heads.mask_head.predictor.bias")
+#: the RetinaNet's (the paper's detector)
+CLASSIFIER_KEYS = CLASSIFIER_KEYS_OF["RetinaNet"]
+#: where the class count is set, per detector (for messages)
+NUM_CLASSES_KEY = {"RetinaNet": "MODEL.RETINANET.NUM_CLASSES", "Faster R-CNN": "MODEL.ROI_HEADS.NUM_CLASSES",
+                   "Mask R-CNN": "MODEL.ROI_HEADS.NUM_CLASSES"}
 # derived from the config, never meaningful in a file
 _CONFIG_BUFFERS = ("pixel_mean", "pixel_std")
 _CONFIG_BUFFER_PARTS = ("anchor_generator.",)
@@ -138,10 +155,10 @@ class Role(enum.Enum):
     def words(self) -> str:
         """The network this role loads, in words."""
         return {Role.MGD_TRAINING: "the MGD teacher+student",
-                Role.RETINANET_TRAINING: "the RetinaNet being trained",
+                Role.RETINANET_TRAINING: "the detector being trained",
                 Role.STUDENT: "the student being evaluated",
                 Role.TEACHER: "the teacher being evaluated",
-                Role.RETINANET: "the RetinaNet being evaluated"}[self]
+                Role.RETINANET: "the detector being evaluated"}[self]
 
     @property
     def source_hint(self) -> str:
@@ -152,7 +169,7 @@ class Role(enum.Enum):
                               "a .pth/.pkl checkpoint",
                 Role.TEACHER: "split a distillation run's teacher with `make convert-all "
                               "EVAL_TEACHER=1` (model_final.teacher.pkl), or pass a .pth/.pkl checkpoint",
-                Role.RETINANET: "pass a trained RetinaNet's .pth/.pkl checkpoint"}[self]
+                Role.RETINANET: "pass a trained detector's .pth/.pkl checkpoint"}[self]
 
 
 _DOWNLOADED = ("http://", "https://", "detectron2://", "catalog://")
@@ -189,12 +206,12 @@ def strip_prefix(state: Mapping[str, object], prefix: str) -> Dict[str, object]:
 
 
 def checkpoint_kind(keys: Iterable[str]) -> str:
-    """``"distillation"`` (t_net./s_net.), ``"detector"`` (backbone./head.), ``"backbone"``
+    """``"distillation"`` (t_net./s_net.), ``"detector"`` (backbone./head./roi_heads.), ``"backbone"``
     (converted ResNet: stem./res2-5.), ``"torchvision"`` (unconverted: layer1.) or ``"unknown"``."""
     keys = list(keys)
     if any(k.startswith((TEACHER_PREFIX, STUDENT_PREFIX)) for k in keys):
         return "distillation"
-    if any(k.startswith(("backbone.", "head.")) for k in keys):
+    if any(k.startswith(("backbone.", "head.", "proposal_generator.", "roi_heads.")) for k in keys):
         return "detector"
     if any(k.startswith("layer1.") for k in keys):
         return "torchvision"
@@ -203,11 +220,29 @@ def checkpoint_kind(keys: Iterable[str]) -> str:
     return "unknown"
 
 
+def detector_of(keys: Iterable[str], prefix: str = "") -> Optional[str]:
+    """The detector whose head the keys under ``prefix`` hold (a name of :data:`DETECTOR_HEADS`:
+    "RetinaNet", "Faster R-CNN", "Mask R-CNN"), or None (no head: a backbone)."""
+    keys = [k[len(prefix):] for k in keys if k.startswith(prefix)]
+    return next((name for name, head in DETECTOR_HEADS if any(k.startswith(head) for k in keys)), None)
+
+
 def _classes(shapes: Shapes, prefix: str, num_anchors: Optional[int]) -> Optional[int]:
+    """The class count a file's classifier was trained for (None: not readable)."""
+    bias = shapes.get(prefix + "roi_heads.box_predictor.cls_score.bias")
+    if bias is not None:  # an R-CNN box predictor: the classes and background
+        return bias[0] - 1 if len(bias) == 1 else None
     bias = shapes.get(prefix + "head.cls_score.bias")
     if bias is None or not num_anchors or len(bias) != 1 or bias[0] % num_anchors:
         return None
     return bias[0] // num_anchors
+
+
+def _other_detector(name: str, found: Optional[str], expected: Optional[str], who: str, where: str) -> None:
+    """Refuse a file whose detector is not the one the config builds (both known)."""
+    if found and expected and found != expected:
+        raise CheckpointError(f"{name} holds a {found}, but {who} is a {expected} ({where}); pass a {expected} "
+                              f"checkpoint, or a config of a {found}")
 
 
 def _as_role(role) -> Role:
@@ -219,8 +254,9 @@ def _as_role(role) -> Role:
 def check_checkpoint_role(shapes: Shapes, path: str, role: Role, *,
                           depth: Optional[int], teacher_depth: Optional[int] = None,
                           num_classes: Optional[int] = None, num_anchors: Optional[int] = None,
+                          detector: Optional[str] = None, teacher_detector: Optional[str] = None,
                           what: str = "MODEL.WEIGHTS") -> None:
-    """Refuse a checkpoint of the wrong kind, depth or class count for ``role``.
+    """Refuse a checkpoint of the wrong kind, detector, depth or class count for ``role``.
 
     Args:
         shapes: ``{key: shape}`` of the checkpoint (for the evaluation of an MGD config's net,
@@ -231,6 +267,8 @@ def check_checkpoint_role(shapes: Shapes, path: str, role: Role, *,
         teacher_depth: the teacher's depth (MGD training only).
         num_classes, num_anchors: the config's class count and anchors per position;
             checked where a classifier cannot be re-initialised (the teacher, evaluation).
+        detector, teacher_detector: the detector the config builds (a name of
+            :data:`DETECTOR_HEADS`) for the net of ``depth`` and for the teacher; None = not checked.
     """
     role = _as_role(role)
     name = f"{what} {path!r}"
@@ -241,32 +279,37 @@ def check_checkpoint_role(shapes: Shapes, path: str, role: Role, *,
                               "convert it with detectron2/tools/convert-torchvision-to-d2.py "
                               "(make weights does)")
     if kind == "unknown":
-        raise CheckpointError(f"{name} holds no ResNet, RetinaNet or MGD weights (keys like "
+        raise CheckpointError(f"{name} holds no ResNet, detector or MGD weights (keys like "
                               f"{', '.join(sorted(keys)[:2])}); pass a checkpoint of this project")
 
     if role is Role.MGD_TRAINING:
-        _check_mgd_training(shapes, name, kind, depth, teacher_depth, num_classes, num_anchors)
+        _check_mgd_training(shapes, name, kind, depth, teacher_depth, num_classes, num_anchors,
+                            detector, teacher_detector)
         return
     if kind == "distillation":
         if role is Role.RETINANET_TRAINING:
             raise CheckpointError(f"{name} is an MGD distillation checkpoint (t_net./s_net. keys); "
-                                  "a plain RetinaNet training cannot start from it: extract one "
+                                  "a plain detector training cannot start from it: extract one "
                                   "net first (scripts/convert-output-to-d2.py IN OUT.pkl "
                                   "[--eval-teacher])")
         raise CheckpointError(f"{name} is an MGD distillation checkpoint (t_net./s_net. keys) "
-                              "but the config is a plain RetinaNet; evaluate it with the MGD "
+                              "but the config is a plain detector; evaluate it with the MGD "
                               "config (--eval-teacher for the teacher) or extract one net "
                               "(make convert-all)")
 
     who = role.words
     prefix = D2_BACKBONE_PREFIX if kind == "detector" else ""
     found = resnet_depth(keys, prefix)
-    if not role.training and not any(k.startswith("head.") for k in keys):
+    found_detector = detector_of(keys)
+    if not role.training and found_detector is None:
         hint = ("it looks like the merged input of `make distill`, not a trained network; "
                 "evaluate the distillation's output (make convert-all, then "
                 "model_final.pkl)" if kind == "detector" and role.mgd
-                else "it is a backbone, not a trained RetinaNet")
-        raise CheckpointError(f"{name} has no detection head (head.* keys) for {who}; {hint}")
+                else "it is a backbone, not a trained detector")
+        raise CheckpointError(f"{name} has no detection head (head.* or roi_heads.* keys) for {who}; {hint}")
+    where = {Role.STUDENT: "MGD.STUDENT.META_ARCHITECTURE", Role.TEACHER: "MGD.TEACHER.META_ARCHITECTURE"}.get(
+        role, "MODEL.META_ARCHITECTURE")
+    _other_detector(name, found_detector, detector, who, where)
     if depth is not None and found != depth:
         if what != "MODEL.WEIGHTS":  # a script's input (measure_matched_cost.py): no train_net flags
             hint = f"pass the {role.value}'s checkpoint (ResNet-{depth})"
@@ -278,7 +321,7 @@ def check_checkpoint_role(shapes: Shapes, path: str, role: Role, *,
                     "the teacher's weights (model_final.teacher.pkl of make convert-all "
                     "EVAL_TEACHER=1)")
         elif role is Role.RETINANET:
-            hint = f"pass a RetinaNet-R{depth} checkpoint or a config of the file's depth"
+            hint = f"pass a {detector or 'detector'} R{depth} checkpoint or a config of the file's depth"
         else:
             hint = (f"pass weights of that depth (e.g. weights/r-{depth}.pkl) or set "
                     "MODEL.RESNETS.DEPTH to the file's")
@@ -288,16 +331,18 @@ def check_checkpoint_role(shapes: Shapes, path: str, role: Role, *,
         found_classes = _classes(shapes, "", num_anchors)
         if found_classes is not None and found_classes != num_classes:
             raise CheckpointError(f"{name} was trained for {found_classes} classes, but {who} has "
-                                  f"MODEL.RETINANET.NUM_CLASSES {num_classes}; evaluate it on its "
+                                  f"{NUM_CLASSES_KEY.get(found_detector, 'MODEL.RETINANET.NUM_CLASSES')} "
+                                  f"{num_classes}; evaluate it on its "
                                   "own label set, or with a config of that class count")
 
 
 def _check_mgd_training(shapes: Shapes, name: str, kind: str, student_depth: Optional[int],
                         teacher_depth: Optional[int], num_classes: Optional[int],
-                        num_anchors: Optional[int]) -> None:
+                        num_anchors: Optional[int], student_detector: Optional[str] = None,
+                        teacher_detector: Optional[str] = None) -> None:
     keys = list(shapes)
     if kind != "distillation":
-        what = {"detector": "a single RetinaNet", "backbone": "a bare ResNet backbone"}[kind]
+        what = {"detector": f"a single {detector_of(keys) or 'detector'}", "backbone": "a bare ResNet backbone"}[kind]
         layout = layout_text(keys, D2_BACKBONE_PREFIX if kind == "detector" else "")
         raise CheckpointError(f"{name} is {what}, {layout}, not a teacher+student file for MGD training; merge the teacher "
                               "and the student first (make merge)")
@@ -326,15 +371,20 @@ def _check_mgd_training(shapes: Shapes, name: str, kind: str, student_depth: Opt
         raise CheckpointError(f"{name}: its student (s_net.*) is "
                               f"{layout_text(keys, student_prefix)}, but the config's student "
                               f"is ResNet-{student_depth} (MGD.STUDENT.DEPTH){swap_hint}")
-    if not any(k.startswith(TEACHER_PREFIX + "head.") for k in keys):
+    found_detector = detector_of(keys, TEACHER_PREFIX)
+    if found_detector is None:
         raise CheckpointError(f"{name}: its teacher (t_net.*) has no detection head "
-                              "(t_net.head.*); the teacher must be a trained RetinaNet "
-                              "(make base DEPTH=50, then make merge)")
+                              f"(t_net.head.* or t_net.roi_heads.*); the teacher must be a trained "
+                              f"{teacher_detector or 'detector'} (make base DEPTH=50, then make merge)")
+    _other_detector(name, found_detector, teacher_detector, "the config's teacher", "MGD.TEACHER.META_ARCHITECTURE")
+    # a distillation's own checkpoint (a resumed or continued run) holds the student's heads too
+    _other_detector(name, detector_of(keys, STUDENT_PREFIX), student_detector, "the config's student",
+                    "MGD.STUDENT.META_ARCHITECTURE")
     if num_classes is not None:
         found_classes = _classes(shapes, TEACHER_PREFIX, num_anchors)
         if found_classes is not None and found_classes != num_classes:
             raise CheckpointError(f"{name}: its teacher was trained for {found_classes} classes, "
-                                  f"but the config has MODEL.RETINANET.NUM_CLASSES {num_classes}; "
+                                  f"but the config has {NUM_CLASSES_KEY[found_detector]} {num_classes}; "
                                   "a teacher's classifier is never re-initialised: train a teacher "
                                   "on this label set (make base DEPTH=50) and merge it")
 
@@ -396,13 +446,14 @@ def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: Role, 
             return "the student"
         return role.words
 
-    classifier = tuple((STUDENT_PREFIX if role is Role.MGD_TRAINING else "") + k
-                       for k in CLASSIFIER_KEYS)
+    trained = STUDENT_PREFIX if role is Role.MGD_TRAINING else ""
+    classifier = tuple(trained + k for k in CLASSIFIER_KEYS_OF.get(detector_of(model_shapes, trained), CLASSIFIER_KEYS))
     reinit = role.training and bool(differ) and all(mk in classifier for mk, _ in differ)
     if differ and not reinit:
         mk, ck = next(((m, c) for m, c in differ if m not in classifier), differ[0])
         more = f" ({len(differ)} tensors differ)" if len(differ) > 1 else ""
-        if all(m.endswith(CLASSIFIER_KEYS) for m, _ in differ):
+        all_classifiers = tuple({k for keys in CLASSIFIER_KEYS_OF.values() for k in keys})
+        if all(m.endswith(all_classifiers) for m, _ in differ):
             why = ("the classifier is for another number of classes; "
                    + ("a teacher's classifier is never re-initialised: train a teacher on this "
                       "label set" if mk.startswith(TEACHER_PREFIX) else
@@ -434,12 +485,15 @@ def plan_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: Role, 
     return sorted({ck for _, ck in differ}) if reinit else []
 
 
-def _model_depths(model_shapes: Shapes) -> Dict[str, Optional[int]]:
-    """The depths :func:`check_checkpoint_role` compares, read from a built model's keys."""
+def _model_depths(model_shapes: Shapes, role: Role) -> Dict[str, Any]:
+    """The depths and detectors :func:`check_checkpoint_role` compares, read from a built model's keys."""
     if any(k.startswith(TEACHER_PREFIX) for k in model_shapes):
         return dict(depth=resnet_depth(model_shapes, STUDENT_PREFIX + D2_BACKBONE_PREFIX),
-                    teacher_depth=resnet_depth(model_shapes, TEACHER_PREFIX + D2_BACKBONE_PREFIX))
-    return dict(depth=resnet_depth(model_shapes, D2_BACKBONE_PREFIX))
+                    teacher_depth=resnet_depth(model_shapes, TEACHER_PREFIX + D2_BACKBONE_PREFIX),
+                    detector=detector_of(model_shapes, STUDENT_PREFIX),
+                    teacher_detector=detector_of(model_shapes, TEACHER_PREFIX))
+    # a plain training may start from a backbone, or fine-tune a detector of its own kind
+    return dict(depth=resnet_depth(model_shapes, D2_BACKBONE_PREFIX), detector=detector_of(model_shapes))
 
 
 def check_model_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role: Role, *,
@@ -451,7 +505,7 @@ def check_model_load(model_shapes: Shapes, ckpt_shapes: Shapes, path: str, role:
     if not any(k.startswith("module.") for k in model_shapes):
         ckpt_shapes = {k[len("module."):] if k.startswith("module.") else k: v
                        for k, v in ckpt_shapes.items()}
-    check_checkpoint_role(ckpt_shapes, path, role, what=what, **_model_depths(model_shapes))
+    check_checkpoint_role(ckpt_shapes, path, role, what=what, **_model_depths(model_shapes, role))
     return plan_load(model_shapes, ckpt_shapes, path, role, heuristics=heuristics, what=what)
 
 
@@ -475,14 +529,16 @@ def select_network(state: Mapping[str, Any], path: str, role: Role,
 def check_weights_state(state: Mapping[str, Any], path: str, role: Role, *,
                         depth: Optional[int], teacher_depth: Optional[int] = None,
                         num_classes: Optional[int] = None, num_anchors: Optional[int] = None,
+                        detector: Optional[str] = None, teacher_detector: Optional[str] = None,
                         what: str = "MODEL.WEIGHTS") -> None:
     """:func:`check_checkpoint_role` on a loaded file, the role's net taken out of an MGD file
-    first (:func:`select_network`); the depths are the config's (see there)."""
+    first (:func:`select_network`); the depths and detectors are the config's (see there)."""
     role = _as_role(role)
     if role.prefix:
         state = strip_prefix(state, role.prefix)
     check_checkpoint_role(shapes_of(state), path, role, depth=depth, teacher_depth=teacher_depth,
-                          num_classes=num_classes, num_anchors=num_anchors, what=what)
+                          num_classes=num_classes, num_anchors=num_anchors, detector=detector,
+                          teacher_detector=teacher_detector, what=what)
 
 
 def _sample(keys: Sequence[str], n: int = 2) -> str:
@@ -526,7 +582,8 @@ def _check_depth(keys, prefix: str, expected: Optional[int], role: str, path: st
 
 
 def validate_teacher(sd: Mapping[str, Any], path, depth: Optional[int] = None) -> Optional[int]:
-    """Check that ``sd`` is a Detectron2 RetinaNet; return its backbone depth (or None)."""
+    """Check that ``sd`` is a Detectron2 detector (RetinaNet, Faster / Mask R-CNN); return its
+    backbone depth (or None)."""
     path = str(path)
     keys = list(sd)
     if any(k.startswith((TEACHER_PREFIX, STUDENT_PREFIX)) for k in keys):
@@ -534,20 +591,20 @@ def validate_teacher(sd: Mapping[str, Any], path, depth: Optional[int] = None) -
                               "(t_net./s_net. keys); extract the teacher first with "
                               "scripts/convert-output-to-d2.py IN OUT --eval-teacher")
     if resnet_layout(keys) is not None or any(k.startswith("layer1.") for k in keys):
-        raise CheckpointError(f"teacher {path!r} is a bare ResNet backbone, not a RetinaNet; "
+        raise CheckpointError(f"teacher {path!r} is a bare ResNet backbone, not a detector; "
                               "pass the base training's output (e.g. model_final.pth of "
                               "`make base DEPTH=50`)")
     has_backbone = any(k.startswith(D2_BACKBONE_PREFIX) for k in keys)
-    has_head = any(k.startswith("head.") for k in keys)
+    has_head = detector_of(keys) is not None
     if not (has_backbone and has_head):
         missing = " and ".join(n for n, ok in (("backbone.bottom_up.*", has_backbone),
-                                                ("head.*", has_head)) if not ok)
-        raise CheckpointError(f"teacher {path!r} does not look like a Detectron2 RetinaNet "
+                                                ("head.* or roi_heads.*", has_head)) if not ok)
+        raise CheckpointError(f"teacher {path!r} does not look like a Detectron2 detector "
                               f"(no {missing} keys; it has e.g. {_sample(keys)}); pass the "
-                              "base RetinaNet training's checkpoint")
+                              "base training's checkpoint (make base DEPTH=50)")
     if resnet_layout(keys, D2_BACKBONE_PREFIX) is None:
         raise CheckpointError(f"teacher {path!r} has no ResNet stages under "
-                              "backbone.bottom_up.res2-5; pass a RetinaNet with a ResNet "
+                              "backbone.bottom_up.res2-5; pass a detector with a ResNet "
                               "backbone")
     return _check_depth(keys, D2_BACKBONE_PREFIX, depth, "teacher", path,
                         "pass the base training output of that depth (make base DEPTH=...)")
@@ -599,7 +656,7 @@ def check_merge_inputs(teacher: Mapping[str, Any], student: Mapping[str, Any], t
                        student_path, teacher_depth: Optional[int] = None,
                        student_depth: Optional[int] = None,
                        allow_shallow_teacher: bool = False) -> Tuple[Optional[int], Optional[int]]:
-    """The two inputs of a merge (``scripts/merge-models-into-one.py``): a trained RetinaNet
+    """The two inputs of a merge (``scripts/merge-models-into-one.py``): a trained detector
     teacher, a converted torchvision ResNet student, the teacher deeper (unless
     ``allow_shallow_teacher``); ``teacher_depth``/``student_depth``: the depths asked for
     (None: any). Returns the depths read from the keys."""

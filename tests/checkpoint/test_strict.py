@@ -8,7 +8,7 @@ Framework-free: no Detectron2, no torch.
 
 import pytest
 
-from scripts_support import converted_student, d2_resnet_keys, retinanet_state_dict
+from scripts_support import converted_student, d2_resnet_keys, rcnn_state_dict, retinanet_state_dict
 
 from mgd.checkpoint import (
     CheckpointError,
@@ -32,6 +32,19 @@ def detector(depth, classes=4, prefix=""):
     shapes = {prefix + k: (1,) for k in retinanet_state_dict(depth)}
     shapes[prefix + "head.cls_score.weight"] = (ANCHORS * classes, 256, 3, 3)
     shapes[prefix + "head.cls_score.bias"] = (ANCHORS * classes,)
+    return shapes
+
+
+def rcnn(depth, classes=4, prefix="", mask=False):
+    """``{key: shape}`` of a Faster (``mask``: Mask) R-CNN-R{depth}: the class-bound shapes real."""
+    shapes = {prefix + k: (1,) for k in rcnn_state_dict(depth, mask)}
+    shapes[prefix + "roi_heads.box_predictor.cls_score.weight"] = (classes + 1, 1024)
+    shapes[prefix + "roi_heads.box_predictor.cls_score.bias"] = (classes + 1,)
+    shapes[prefix + "roi_heads.box_predictor.bbox_pred.weight"] = (4 * classes, 1024)
+    shapes[prefix + "roi_heads.box_predictor.bbox_pred.bias"] = (4 * classes,)
+    if mask:
+        shapes[prefix + "roi_heads.mask_head.predictor.weight"] = (classes, 256, 1, 1)
+        shapes[prefix + "roi_heads.mask_head.predictor.bias"] = (classes,)
     return shapes
 
 
@@ -153,7 +166,7 @@ def test_evaluation_refuses_another_class_count_but_training_accepts_it():
 
 def test_plain_runs_refuse_distillation_files_and_other_depths():
     assert "extract one net" in refused(merged(), Role.RETINANET_TRAINING, depth=18)
-    assert "plain RetinaNet" in refused(distilled(), Role.RETINANET, depth=18)
+    assert "plain detector" in refused(distilled(), Role.RETINANET, depth=18)
     message = refused(backbone(50), Role.RETINANET_TRAINING, depth=18)
     assert "ResNet-50" in message and "ResNet-18" in message
     assert "unconverted torchvision" in refused({"layer1.0.conv1.weight": (1,)}, Role.RETINANET_TRAINING,
@@ -225,7 +238,7 @@ def test_any_other_shape_mismatch_is_refused_naming_the_first_tensor():
     ckpt["backbone.fpn_lateral3.weight"] = (128, 64, 1, 1)
     message = plan_refused(detector(18, 4), ckpt, Role.RETINANET_TRAINING)
     assert "'backbone.fpn_lateral3.weight' has shape (128, 64, 1, 1) in the file and (1,)" in message
-    assert "3 tensors differ" in message and "the RetinaNet being trained" in message
+    assert "3 tensors differ" in message and "the detector being trained" in message
 
 
 def test_missing_tensors():
@@ -331,3 +344,74 @@ def test_a_scripts_input_gets_no_train_net_flags_in_its_hint():
     message = str(info.value)
     assert message.startswith("teacher checkpoint 'w.pkl' is ResNet-18")
     assert "pass the teacher's checkpoint (ResNet-50)" in message and "--eval-teacher" not in message
+
+
+# ---- other detectors: Faster / Mask R-CNN ----------------------------------------------------
+
+FASTER, MASK, RETINA = "Faster R-CNN", "Mask R-CNN", "RetinaNet"
+
+
+def test_the_detector_a_file_holds_is_read_from_its_head_keys():
+    from mgd.checkpoint import detector_of
+
+    assert checkpoint_kind(rcnn(50)) == "detector"
+    assert (detector_of(rcnn(50)), detector_of(rcnn(50, mask=True)), detector_of(detector(50))) == (FASTER, MASK, RETINA)
+    assert detector_of(backbone(18)) is None
+    both = {**rcnn(50, prefix="t_net."), **backbone(18, "s_net.backbone.bottom_up.")}
+    assert (detector_of(both, "t_net."), detector_of(both, "s_net.")) == (FASTER, None)
+
+
+def test_a_two_stage_distillation_takes_its_own_kind_and_refuses_the_others():
+    faster = dict(MGD, detector=FASTER, teacher_detector=FASTER)
+    merged_faster = {**rcnn(50, prefix="t_net."), **backbone(18, "s_net.backbone.bottom_up.")}
+    accepted(merged_faster, Role.MGD_TRAINING, **faster)
+    accepted({**rcnn(50, prefix="t_net."), **rcnn(18, prefix="s_net.")}, Role.MGD_TRAINING, **faster)
+    message = refused(merged_faster, Role.MGD_TRAINING, **dict(MGD, detector=RETINA, teacher_detector=RETINA))
+    assert "holds a Faster R-CNN, but the config's teacher is a RetinaNet (MGD.TEACHER.META_ARCHITECTURE)" in message
+    message = refused(merged(), Role.MGD_TRAINING, **faster)
+    assert "holds a RetinaNet, but the config's teacher is a Faster R-CNN" in message
+    mask_teacher = {**rcnn(50, prefix="t_net.", mask=True), **backbone(18, "s_net.backbone.bottom_up.")}
+    assert "holds a Mask R-CNN, but the config's teacher is a Faster R-CNN" in refused(mask_teacher, Role.MGD_TRAINING,
+                                                                                       **faster)
+    # a resumed run's own file: the student's heads are of the config's kind too
+    other_student = {**rcnn(50, prefix="t_net."), **detector(18, prefix="s_net.")}
+    assert "the config's student is a Faster R-CNN" in refused(other_student, Role.MGD_TRAINING, **faster)
+    # the teacher's class count is read from its box predictor (classes + background)
+    assert "MODEL.ROI_HEADS.NUM_CLASSES 80" in refused(merged_faster, Role.MGD_TRAINING, **dict(faster, num_classes=80))
+
+
+@pytest.mark.parametrize("role, depth", [(Role.STUDENT, 18), (Role.TEACHER, 50), (Role.RETINANET, 18)])
+def test_an_evaluation_refuses_a_detector_of_another_kind(role, depth):
+    accepted(rcnn(depth), role, depth=depth, num_classes=4, detector=FASTER)
+    message = refused(rcnn(depth, mask=True), role, depth=depth, detector=FASTER)
+    assert "holds a Mask R-CNN, but" in message and "is a Faster R-CNN" in message
+    assert "holds a RetinaNet" in refused(detector(depth), role, depth=depth, detector=FASTER)
+    assert "MODEL.ROI_HEADS.NUM_CLASSES 80" in refused(rcnn(depth), role, depth=depth, num_classes=80, detector=FASTER)
+
+
+def test_a_plain_two_stage_training_starts_from_a_backbone_but_not_from_a_retinanet():
+    accepted(backbone(18), Role.RETINANET_TRAINING, depth=18, detector=FASTER)
+    accepted(rcnn(18), Role.RETINANET_TRAINING, depth=18, detector=FASTER)
+    assert "holds a RetinaNet, but the detector being trained is a Faster R-CNN" in refused(
+        detector(18), Role.RETINANET_TRAINING, depth=18, detector=FASTER)
+
+
+def test_a_new_label_set_reinitialises_the_two_stage_classifiers_only():
+    model, ckpt = rcnn(18, classes=4, mask=True), rcnn(18, classes=80, mask=True)
+    dropped = plan_load(model, ckpt, "w.pkl", Role.RETINANET_TRAINING, heuristics=False)
+    assert dropped == sorted(k for k in model if k.startswith(("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")))
+    with pytest.raises(CheckpointError, match="another number of classes"):
+        plan_load(model, ckpt, "w.pkl", Role.RETINANET, heuristics=False)
+    teacher_model = {**rcnn(50, prefix="t_net."), **rcnn(18, prefix="s_net.")}
+    teacher_file = {**rcnn(50, classes=80, prefix="t_net."), **rcnn(18, prefix="s_net.")}
+    with pytest.raises(CheckpointError, match="does not fit the teacher"):
+        plan_load(teacher_model, teacher_file, "w.pkl", Role.MGD_TRAINING, heuristics=False)
+
+
+def test_a_loader_reads_the_models_detectors_from_its_keys():
+    model = {**rcnn(50, prefix="t_net."), **rcnn(18, prefix="s_net.")}
+    with pytest.raises(CheckpointError, match="holds a RetinaNet, but the config's teacher is a Faster R-CNN"):
+        check_model_load(model, {**detector(50, prefix="t_net."), **backbone(18, "s_net.backbone.bottom_up.")},
+                         "w.pkl", Role.MGD_TRAINING, heuristics=False)
+    with pytest.raises(CheckpointError, match="holds a Mask R-CNN, but the detector being evaluated is a Faster R-CNN"):
+        check_model_load(rcnn(18), rcnn(18, mask=True), "w.pkl", Role.RETINANET, heuristics=False)

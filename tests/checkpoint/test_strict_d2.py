@@ -226,7 +226,7 @@ def assert_refused(proc, out: Path, *words) -> str:
      ["teacher.pkl", "the student being evaluated is ResNet-18", "--eval-teacher"]),
     ([], MGD, "T18-S50.pkl", ["T18-S50.pkl", "its teacher (t_net.*) is ResNet-18"]),
     ([], MGD, "student.pkl", ["student.pkl", "not a teacher+student file", "make merge"]),
-    ([], R18, "r-50.pkl", ["r-50.pkl", "the RetinaNet being trained is ResNet-18"]),
+    ([], R18, "r-50.pkl", ["r-50.pkl", "the detector being trained is ResNet-18"]),
     (["--eval-only"], R18, "T50-S18.pkl", ["T50-S18.pkl", "MGD distillation checkpoint"]),
     (["--eval-only"], MGD, "student-80-classes.pkl",
      ["student-80-classes.pkl", "trained for 80 classes", "NUM_CLASSES 4"]),

@@ -55,7 +55,7 @@ CASES = {
                                   "ResNet-18"),
     "merge-student-wrong-depth": (MERGE, ["@t50.pkl", "@r50.pkl", "out.pkl", "--student-depth", "18"],
                                   "ResNet-50"),
-    "merge-no-head": (MERGE, ["@backbone-only.pkl", "@r18.pkl", "out.pkl"], "RetinaNet"),
+    "merge-no-head": (MERGE, ["@backbone-only.pkl", "@r18.pkl", "out.pkl"], "does not look like a Detectron2 detector"),
     "merge-outdir-missing": (MERGE, ["@t50.pkl", "@r18.pkl", "no/such/dir/out.pkl"], "does not exist"),
     "merge-outdir-is-file": (MERGE, ["@t50.pkl", "@r18.pkl", "@notes.txt/out.pkl"], "not a folder"),
     "merge-out-is-dir": (MERGE, ["@t50.pkl", "@r18.pkl", "."], "is a folder"),
