@@ -60,7 +60,7 @@ The two networks' configs are clones of the full config with only the keys above
 (``derive_net_config``); the shared model keys (RETINANET, RPN, ROI_HEADS, ANCHOR_GENERATOR,
 FPN, ...) come from the full config. Neither net's settings can leak into the other's.
 """
-from typing import Optional
+from typing import List, Optional
 
 from detectron2.config import CfgNode as CN
 
@@ -84,6 +84,7 @@ __all__ = [
     "DETECTORS",
     "detector_pair_problem",
     "detector_name",
+    "class_count_keys",
     "num_classes",
     "MGD_BACKBONE",
     "TORCHVISION_PIXEL_MEAN",
@@ -195,6 +196,15 @@ def detector_name(cfg, role: Optional[str] = None) -> Optional[str]:
 def num_classes(cfg, detector: Optional[str]) -> int:
     """The class count of ``detector`` (:func:`detector_name`) in ``cfg``."""
     return cfg.MODEL.ROI_HEADS.NUM_CLASSES if detector in ("Faster R-CNN", "Mask R-CNN") else cfg.MODEL.RETINANET.NUM_CLASSES
+
+
+def class_count_keys(cfg) -> List[str]:
+    """The config keys holding the class counts of the detectors a run builds (both networks of
+    an MGD config, or the model): "MODEL.RETINANET.NUM_CLASSES" and/or "MODEL.ROI_HEADS.NUM_CLASSES"."""
+    detectors = [detector_name(cfg, "teacher"), detector_name(cfg, "student")] if is_mgd_config(cfg) else [detector_name(cfg)]
+    keys = ["MODEL.ROI_HEADS.NUM_CLASSES" if d in ("Faster R-CNN", "Mask R-CNN") else "MODEL.RETINANET.NUM_CLASSES"
+            for d in detectors]
+    return list(dict.fromkeys(keys))
 
 
 def detector_pair_problem(cfg, required: Optional[str] = None) -> Optional[str]:

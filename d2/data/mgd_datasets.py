@@ -3,7 +3,8 @@
 ``train_net.py --dataset NAME JSON IMAGE_ROOT`` calls :func:`register_coco_dataset`; the
 demo's synthetic set is registered the same way. :func:`check_datasets` then verifies that
 every set named in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` is registered, that its files
-exist, that its number of categories equals ``MODEL.RETINANET.NUM_CLASSES``, and what its
+exist, that its number of categories equals the detector's class count
+(``MODEL.RETINANET.NUM_CLASSES``, ``MODEL.ROI_HEADS.NUM_CLASSES``), and what its
 JSON and images hold (``mgd_coco_checks.check_coco_set``: unknown category ids, missing or
 mis-sized images, empty or outside boxes ...). Problems raise :class:`DatasetError` with a
 one-line message; what Detectron2 drops or clips anyway is returned as warnings.
@@ -15,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.mgd_coco_checks import CocoCheck, check_coco_set, read_coco_json
 
+from mgd.config import class_count_keys
 from mgd.errors import UserError
 
 __all__ = ["DatasetError", "register_coco_dataset", "check_datasets", "coco_categories", "dataset_sizes"]
@@ -90,7 +92,7 @@ def check_datasets(cfg, train: bool = True, test: bool = True, all_sizes: bool =
                    progress: Optional[Callable[[str], None]] = None) -> List[CocoCheck]:
     """Every set the run reads (``DATASETS.TRAIN`` when ``train``, ``DATASETS.TEST`` when
     ``test``) is registered, its files exist, (where its categories are known) their number
-    is ``MODEL.RETINANET.NUM_CLASSES``, and (for a COCO instances file with an image folder)
+    is the detectors' class count (``mgd.config.class_count_keys``), and (for a COCO instances file with an image folder)
     its contents pass ``check_coco_set``.
 
     Args:
@@ -103,7 +105,7 @@ def check_datasets(cfg, train: bool = True, test: bool = True, all_sizes: bool =
     Raises:
         DatasetError: the first set that cannot be used, in one line.
     """
-    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+    class_counts = {key: cfg.MODEL[key.split(".")[1]].NUM_CLASSES for key in class_count_keys(cfg)}
     trained = list(cfg.DATASETS.TRAIN) if train else []
     evaluated = list(cfg.DATASETS.TEST) if test else []
     parsed = {} if parsed is None else parsed
@@ -122,10 +124,10 @@ def check_datasets(cfg, train: bool = True, test: bool = True, all_sizes: bool =
         if image_root is not None and not os.path.isdir(image_root):
             raise DatasetError(f"dataset {name!r}: image folder {image_root} not found")
         classes = getattr(meta, "thing_classes", None)
-        if classes is not None and len(classes) != num_classes:
-            raise DatasetError(
-                f"dataset {name!r} has {len(classes)} categories but MODEL.RETINANET.NUM_CLASSES is "
-                f"{num_classes}; set MODEL.RETINANET.NUM_CLASSES {len(classes)}")
+        for key, num_classes in class_counts.items():
+            if classes is not None and len(classes) != num_classes:
+                raise DatasetError(f"dataset {name!r} has {len(classes)} categories but {key} is {num_classes}; "
+                                   f"set {key} {len(classes)}")
         if json_file is None or image_root is None or getattr(meta, "evaluator_type", "coco") != "coco":
             continue  # not a COCO instances set with an image folder: nothing more to read
         data = parsed.pop(os.path.abspath(json_file), None)

@@ -40,6 +40,7 @@ from mgd.checkpoint import (  # noqa: E402
 )
 
 R18, R50, MGD = "demo_retinanet_R_18.yaml", "demo_retinanet_R_50.yaml", "demo_mgd_R50_R18.yaml"
+FASTER_MGD = "demo_mgd_faster_rcnn_R50_R18.yaml"
 BOTTOM_UP = "backbone.bottom_up."
 
 
@@ -79,6 +80,14 @@ def files(tmp_path_factory):
     paths["student-80-classes.pkl"] = root / "student-80-classes.pkl"
     save_d2_pickle(numpy_state(build(root, R18, ["MODEL.RETINANET.NUM_CLASSES", "80"])),
                    paths["student-80-classes.pkl"])
+    # two-stage detectors: a Faster R-CNN teacher merged as a RetinaNet config's, a Mask R-CNN student
+    faster50 = numpy_state(build(root, "faster_rcnn_torchvision_R_50_FPN_1x.yaml", ["MODEL.ROI_HEADS.NUM_CLASSES", "4"]))
+    paths["faster-T50-S18.pkl"] = root / "faster-T50-S18.pkl"
+    save_d2_pickle(merge_teacher_student(faster50, backbone18), paths["faster-T50-S18.pkl"])
+    paths["mask-student.pkl"] = root / "mask-student.pkl"
+    save_d2_pickle(numpy_state(build(root, "faster_rcnn_torchvision_R_18_FPN_1x.yaml",
+                                     ["MODEL.ROI_HEADS.NUM_CLASSES", "4", "MODEL.MASK_ON", "True"])),
+                   paths["mask-student.pkl"])
     torch.save({"model": {k: torch.from_numpy(v) for k, v in r18.items()}, "iteration": 9},
                root / "r18_final.pth")
     paths["r18_final.pth"] = root / "r18_final.pth"
@@ -230,8 +239,13 @@ def assert_refused(proc, out: Path, *words) -> str:
     (["--eval-only"], R18, "T50-S18.pkl", ["T50-S18.pkl", "MGD distillation checkpoint"]),
     (["--eval-only"], MGD, "student-80-classes.pkl",
      ["student-80-classes.pkl", "trained for 80 classes", "NUM_CLASSES 4"]),
+    ([], MGD, "faster-T50-S18.pkl",
+     ["faster-T50-S18.pkl", "holds a Faster R-CNN, but the config's teacher is a RetinaNet"]),
+    (["--eval-only"], FASTER_MGD, "mask-student.pkl",
+     ["mask-student.pkl", "holds a Mask R-CNN, but the student being evaluated is a Faster R-CNN"]),
 ], ids=["teacher-eval-of-student", "student-eval-of-teacher", "mgd-swapped", "mgd-from-one-net",
-        "base-wrong-depth", "plain-eval-of-distillation", "eval-other-class-count"])
+        "base-wrong-depth", "plain-eval-of-distillation", "eval-other-class-count", "mgd-faster-teacher-for-retinanet",
+        "eval-mask-rcnn-as-faster-rcnn"])
 def test_train_net_refuses_the_wrong_checkpoint(files, synth, tmp_path, flags, config, weights, words):
     out = tmp_path / "out"
     proc = run_train_net([*flags, "--config-file", REPO / "configs" / config,
@@ -241,6 +255,15 @@ def test_train_net_refuses_the_wrong_checkpoint(files, synth, tmp_path, flags, c
 
 
 @pytest.mark.slow
+def test_the_r_cnn_key_names_of_the_framework_free_tests_are_detectron2s(files):
+    """tests/checkpoint/test_strict.py builds R-CNN files from scripts_support.rcnn_state_dict."""
+    from scripts_support import rcnn_state_dict
+
+    for mask in (False, True):
+        built = build(files["root"], "faster_rcnn_torchvision_R_18_FPN_1x.yaml", ["MODEL.MASK_ON", str(mask)])
+        assert sorted(built.state_dict()) == sorted(rcnn_state_dict(18, mask))
+
+
 def test_train_net_fine_tuning_on_another_label_set_reinitialises_the_classifier(files, synth, tmp_path):
     # a detector trained on 80 classes, fine-tuned on the 4-class synthetic set
     coco = build(files["root"], R18, ["MODEL.RETINANET.NUM_CLASSES", "80"])
