@@ -29,6 +29,11 @@ export DETECTRON2 DETECTRON2_DIR
 # hydra): installed into DETECTRON2_DIR/mgd-python-deps, never into the environment itself.
 DETECTRON2_EXTRA_REQUIREMENTS = $(wildcard requirements-detectron2-$(DETECTRON2).txt)
 DEPTH             ?= 50
+# The detector: retinanet (the paper's) or faster_rcnn (Faster R-CNN; Mask R-CNN: add
+# OPTS="MODEL.MASK_ON True" on a set with masks). It picks the configs below and the folders of
+# every step (retinanet keeps the paper's names: output/base-R50, weights/T50-S18.pkl, output/mgd).
+DETECTOR          ?= retinanet
+DETECTOR_TAG       = $(if $(filter-out retinanet,$(DETECTOR)),-$(DETECTOR))
 NUM_GPUS          ?= 1
 # Several machines: e.g. LAUNCH_ARGS="--num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT"
 LAUNCH_ARGS       ?=
@@ -40,10 +45,10 @@ PYTEST_ARGS       ?=
 # such files carry a mark that `make weights` and every run read).
 RANDOM_INIT       ?=
 # Distillation inputs and outputs.
-TEACHER           ?= $(OUTPUT_DIR)/base-R50/model_final.pth
+TEACHER           ?= $(OUTPUT_DIR)/base$(DETECTOR_TAG)-R50/model_final.pth
 STUDENT           ?= $(WEIGHTS_DIR)/r-18.pkl
-MERGED            ?= $(WEIGHTS_DIR)/T50-S18.pkl
-MGD_OUTPUT        ?= $(OUTPUT_DIR)/mgd
+MERGED            ?= $(WEIGHTS_DIR)/T50-S18$(DETECTOR_TAG).pkl
+MGD_OUTPUT        ?= $(OUTPUT_DIR)/mgd$(DETECTOR_TAG)
 EVAL_TEACHER      ?=
 # convert-all writes the student to X.pkl and, with EVAL_TEACHER=1, the teacher to X.teacher.pkl
 EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final$(if $(EVAL_TEACHER),.teacher).pkl
@@ -75,7 +80,7 @@ FRESH             ?=
 PROBE_OUTPUT      ?= $(OUTPUT_DIR)/probe
 PROBE_FACTORS     ?= $(PROBE_OUTPUT)/loss_factors.txt
 PROBE_ARGS        ?=
-USER_VARIABLES := PYTHON DETECTRON2 DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH NUM_GPUS LAUNCH_ARGS OUTPUT_DIR \
+USER_VARIABLES := PYTHON DETECTRON2 DETECTRON2_REPO DETECTRON2_COMMIT DETECTRON2_DIR DEPTH DETECTOR NUM_GPUS LAUNCH_ARGS OUTPUT_DIR \
                   WEIGHTS_DIR OPTS RANDOM_INIT TEACHER STUDENT MERGED MGD_OUTPUT \
                   EVAL_TEACHER EVAL_WEIGHTS EVAL_CONFIG EVAL_OUTPUT EVAL_REPLACE BASE_CONFIG MGD_CONFIG \
                   ALLOW_ANY_TEACHER DEMO_DIR SEEDS DATASETS SCALE RESUME FRESH PROBE_OUTPUT PROBE_FACTORS \
@@ -101,8 +106,8 @@ D2_BUILT    = $(wildcard $(D2_PACKAGE)/_C*.so)
 # RANDOM_INIT=1 (weights made by `make weights RANDOM_INIT=1`): the configs that train from
 # random init (the demo's recipe: FREEZE_AT 0, GroupNorm in each stage's last block, gradient clipping).
 RECIPE             = $(if $(RANDOM_INIT),_random_init)
-BASE_CONFIG       ?= configs/retinanet_torchvision_R_$(DEPTH)_FPN_1x$(RECIPE).yaml
-MGD_CONFIG        ?= configs/mgd_retinanet_R50_R18_FPN_1x$(RECIPE).yaml
+BASE_CONFIG       ?= configs/$(DETECTOR)_torchvision_R_$(DEPTH)_FPN_1x$(RECIPE).yaml
+MGD_CONFIG        ?= configs/mgd_$(DETECTOR)_R50_R18_FPN_1x$(RECIPE).yaml
 EVAL_CONFIG       ?= $(MGD_CONFIG)
 
 .PHONY: help
@@ -234,9 +239,9 @@ weights: ## get torchvision R18/R50 (download; RANDOM_INIT=1 for random init) an
 	@$(PYTHON) scripts/get_weights.py --weights-dir $(WEIGHTS_DIR) --checkout $(DETECTRON2_DIR)$(if $(RANDOM_INIT), --random-init)
 
 .PHONY: base
-base: check-base overlay ## train the base RetinaNet-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18; RESUME=1 continues)
+base: check-base overlay ## train the base DETECTOR-R{DEPTH} from WEIGHTS_DIR/r-{DEPTH}.pkl (DEPTH=50|18; DETECTOR=retinanet|faster_rcnn; RESUME=1 continues)
 	$(PYTHON) train_net.py --num-gpus $(NUM_GPUS) $(LAUNCH_ARGS) $(DATASET_ARGS) $(RUN_FLAGS) --config-file $(BASE_CONFIG) \
-	    MODEL.WEIGHTS $(WEIGHTS_DIR)/r-$(DEPTH).pkl OUTPUT_DIR $(OUTPUT_DIR)/base-R$(DEPTH) $(OPTS)
+	    MODEL.WEIGHTS $(WEIGHTS_DIR)/r-$(DEPTH).pkl OUTPUT_DIR $(OUTPUT_DIR)/base$(DETECTOR_TAG)-R$(DEPTH) $(OPTS)
 
 .PHONY: merge
 merge: check-merge ## merge TEACHER (R50 base checkpoint) and STUDENT (r-18.pkl) into MERGED (the teacher must be deeper: ALLOW_ANY_TEACHER=1 to override)
@@ -253,7 +258,10 @@ distill: check-distill overlay ## distil the student from the teacher with MGD, 
 	    MODEL.WEIGHTS $(MERGED) OUTPUT_DIR $(MGD_OUTPUT) $(OPTS)
 
 .PHONY: check-base check-merge check-distill check-probe check-eval
+check_detector = case "$(DETECTOR)" in retinanet|faster_rcnn) ;; *) echo "error: DETECTOR must be retinanet or \
+    faster_rcnn (Mask R-CNN: DETECTOR=faster_rcnn OPTS=\"MODEL.MASK_ON True\"), got '$(DETECTOR)'" >&2; exit 2;; esac
 check-base:
+	@$(check_detector)
 	@$(call check_opts,base DEPTH=$(DEPTH))
 	@case "$(DEPTH)" in 18|50) ;; *) \
 	    echo "error: DEPTH must be 18 or 50 (MGD's R50 teacher, R18 student), got '$(DEPTH)'" >&2; exit 2;; esac
@@ -261,19 +269,23 @@ check-base:
 	@$(call require,$(WEIGHTS_DIR)/r-$(DEPTH).pkl,the ImageNet weights,run \`make weights\` first)
 	@$(check_datasets)
 check-merge:
-	@$(call require,$(TEACHER),the teacher checkpoint TEACHER,run \`make base DEPTH=50\` or pass TEACHER=...)
+	@$(check_detector)
+	@$(call require,$(TEACHER),the teacher checkpoint TEACHER,run \`make base DEPTH=50$(if $(DETECTOR_TAG), DETECTOR=$(DETECTOR))\` or pass TEACHER=...)
 	@$(call require,$(STUDENT),the student weights STUDENT,run \`make weights\` or pass STUDENT=...)
 check-distill:
+	@$(check_detector)
 	@$(call check_opts,distill)
 	@$(call require,$(MGD_CONFIG),MGD_CONFIG,pass MGD_CONFIG=a config file (e.g. configs/...))
 	@$(call require,$(MERGED),the merged teacher/student checkpoint MERGED,run \`make merge\` or pass MERGED=...)
 	@$(check_datasets)
 check-probe:
+	@$(check_detector)
 	@$(call check_opts,probe)
 	@$(call require,$(MGD_CONFIG),MGD_CONFIG,pass MGD_CONFIG=a config file (e.g. configs/...))
 	@$(call require,$(MERGED),the merged teacher/student checkpoint MERGED,run \`make merge\` or pass MERGED=...)
 	@$(check_datasets)
 check-eval:
+	@$(check_detector)
 	@$(call check_opts,eval)
 	@$(check_datasets)
 
