@@ -1,7 +1,7 @@
 """Run one MGD model on fixed weights and batches under the Detectron2 on the import path, and
 save what it computes (for tests/d2/test_cross_version.py; not a test itself).
 
-    python tests/cross_version_dump.py WEIGHTS.pt OUT.pt
+    python tests/cross_version_dump.py WEIGHTS.pt OUT.pt [faster_rcnn]
 
 WEIGHTS.pt: the model's state_dict; written (random init, non-trivial norms) when absent, so the
 first version run creates the weights the second loads. OUT.pt: a dict of tensors: the taps of
@@ -20,17 +20,27 @@ from d2_support import TINY_INPUT, import_overlay, load_cfg, synthetic_batch  # 
 #: c2..c5 and p3 (an FPN output: the teacher's FPN runs too); every detection kept at inference
 OPTS = TINY_INPUT + ["MGD.IGNORE_INDS", "[5, 6, 7, 8]", "SOLVER.IMS_PER_BATCH", "2",
                      "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MGD.REFERENCE_WORLD_SIZE", "0"]
+#: the MGD config and overrides of each detector (the R-CNN's proposals and ROI heads sample
+#: at random: its training forward runs from a fixed generator state)
+DETECTORS = {
+    "retinanet": ("demo_mgd_R50_R18.yaml", OPTS),
+    "faster_rcnn": ("demo_mgd_faster_rcnn_R50_R18.yaml",
+                    TINY_INPUT + ["MGD.IGNORE_INDS", "[5, 6, 7, 8]", "SOLVER.IMS_PER_BATCH", "2",
+                                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MGD.REFERENCE_WORLD_SIZE", "0",
+                                  "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200"]),
+}
 
 
 CONFIG_BUFFERS = ("pixel_mean", "pixel_std") + tuple(f"anchor_generator.cell_anchors.{i}" for i in range(5))
 
 
-def build(weights: Path):
+def build(weights: Path, detector: str = "retinanet"):
     import_overlay()
     from detectron2.modeling import build_model
 
+    config, opts = DETECTORS[detector]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_cfg(Path(tmp), "demo_mgd_R50_R18.yaml", OPTS)
+        cfg = load_cfg(Path(tmp), config, opts)
     torch.manual_seed(0)
     model = build_model(cfg)
     if weights.exists():
@@ -46,10 +56,10 @@ def build(weights: Path):
     return model
 
 
-def dump(weights: Path) -> dict:
+def dump(weights: Path, detector: str = "retinanet") -> dict:
     from detectron2.utils.events import EventStorage
 
-    model = build(weights)
+    model = build(weights, detector)
     out = {}
     batch = synthetic_batch(2, seed=0)
     with EventStorage(0):
@@ -69,9 +79,12 @@ def dump(weights: Path) -> dict:
         out.update({f"assignment/{k}": v for k, v in model.distiller.assignments().items()})
         model.train()
         out.update({f"position_loss/{k}": v for k, v in model.distillation_losses(batch).items()})
+        if detector != "retinanet":
+            torch.manual_seed(3)
         losses = model(batch)
         out.update({f"loss/{k}": v.detach() for k, v in losses.items()})
-        out["loss_normalizer"] = torch.tensor(float(model.s_net.loss_normalizer))
+        if hasattr(model.s_net, "loss_normalizer"):  # RetinaNet's
+            out["loss_normalizer"] = torch.tensor(float(model.s_net.loss_normalizer))
         model.zero_grad()
         sum(losses.values()).backward()
         out.update({f"grad/{k}": p.grad.clone() for k, p in model.named_parameters()
@@ -89,7 +102,7 @@ def dump(weights: Path) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python tests/cross_version_dump.py WEIGHTS.pt OUT.pt")
+    if len(sys.argv) not in (3, 4) or sys.argv[3:] and sys.argv[3] not in DETECTORS:
+        sys.exit(f"usage: python tests/cross_version_dump.py WEIGHTS.pt OUT.pt [{'|'.join(DETECTORS)}]")
     torch.set_num_threads(1)  # the same reduction order in both processes
-    torch.save(dump(Path(sys.argv[1])), sys.argv[2])
+    torch.save(dump(Path(sys.argv[1]), *sys.argv[3:]), sys.argv[2])

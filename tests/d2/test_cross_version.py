@@ -1,5 +1,5 @@
-"""The same numbers on the pinned and on today's Detectron2: with the same weights and batches,
-the MGD taps, margins, matching costs and assignments, per-position distillation losses, the
+"""The same numbers on the pinned and on today's Detectron2, for the MGD RetinaNet and the MGD
+Faster R-CNN: with the same weights and batches, the MGD taps, margins, matching costs and assignments, per-position distillation losses, the
 detection losses, the student's gradients and the inference outputs agree.
 
 Each version runs in its own process (tests/cross_version_dump.py; two Detectron2s cannot share
@@ -27,8 +27,8 @@ if _MISSING:
                 "`make detectron2 DETECTRON2=latest`)", allow_module_level=True)
 
 
-def _dump(version: str, weights, out) -> dict:
-    proc = subprocess.run([sys.executable, REPO / "tests" / "cross_version_dump.py", weights, out],
+def _dump(version: str, weights, out, detector) -> dict:
+    proc = subprocess.run([sys.executable, REPO / "tests" / "cross_version_dump.py", weights, out, detector],
                           env=detectron2_env(VERSIONS[version]), cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, f"{version}:\n{proc.stderr[-4000:]}"
@@ -41,13 +41,13 @@ def _detections(out: dict, image: int) -> list:
     return sorted(rows, key=lambda row: (-row[0], row[1], row[2]))
 
 
-@pytest.fixture(scope="module")
-def dumps(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cross_version")
+@pytest.fixture(scope="module", params=["retinanet", "faster_rcnn"])
+def dumps(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"cross_version_{request.param}")
     weights = tmp / "weights.pt"
-    pin = _dump("pin", weights, tmp / "pin.pt")
+    pin = _dump("pin", weights, tmp / "pin.pt", request.param)
     assert weights.exists()
-    return pin, _dump("latest", weights, tmp / "latest.pt")
+    return pin, _dump("latest", weights, tmp / "latest.pt", request.param)
 
 
 @pytest.mark.parametrize("group", ["tap", "margin", "cost", "assignment", "position_loss", "loss",
@@ -55,6 +55,9 @@ def dumps(tmp_path_factory):
 def test_the_same_numbers(dumps, group):
     pin, latest = dumps
     keys = sorted(k for k in pin if k.split("/")[0] == group)
+    if group == "loss_normalizer" and group not in pin:  # RetinaNet's only
+        assert group not in latest
+        return
     assert keys and keys == sorted(k for k in latest if k.split("/")[0] == group)
     for key in keys:
         if pin[key].dtype == torch.long:  # assignments: exactly the same
@@ -69,7 +72,9 @@ def test_the_same_detections(dumps):
     assert images == ["0", "1"]
     for image in map(int, images):
         ours, theirs = _detections(pin, image), _detections(latest, image)
-        assert len(ours) == len(theirs) == 100  # SCORE_THRESH_TEST 0: DETECTIONS_PER_IMAGE boxes
+        assert len(ours) == len(theirs) > 0  # SCORE_THRESH_TEST 0: up to DETECTIONS_PER_IMAGE boxes
+        if "loss_normalizer" in pin:  # a RetinaNet keeps DETECTIONS_PER_IMAGE of its many anchors
+            assert len(ours) == 100
         for (s1, c1, b1), (s2, c2, b2) in zip(ours, theirs):
             assert c1 == c2 and s1 == pytest.approx(s2, rel=1e-5)
             assert b1 == pytest.approx(b2, rel=1e-5, abs=1e-4)
