@@ -80,7 +80,7 @@ def _own_keys(path: Path) -> dict:
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_yaml_carries_its_own_input_format_and_nesterov(tmp_path, name):
     raw = _own_keys(CONFIGS / name)  # without Detectron2's Base-RetinaNet.yaml
-    mgd = raw.get("MODEL", {}).get("META_ARCHITECTURE") == "MGDRetinaNet"
+    mgd = raw.get("MODEL", {}).get("META_ARCHITECTURE") in ("MGDRetinaNet", "MGDDetector")
     assert raw["INPUT"]["FORMAT"] == "RGB"  # torchvision weights take RGB
     assert isinstance(raw["SOLVER"]["NESTEROV"], bool)
     if mgd:
