@@ -20,6 +20,14 @@ def iterations_finished(line: str):
     return int(progress.group(1)) - (progress.group(2) == " running for")
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT at its default in the command, as under a terminal: a test suite run as a background
+    job of a non-interactive shell (CI, ``cmd &``) inherits SIGINT ignored, and exec keeps that,
+    so make and a Python parent (train_net.py's launcher with 2 processes) would never see the
+    Ctrl-C that their workers, which install their own handler, do."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(cmd, after_iterations=2, cwd=REPO, env=None):
     """Run ``cmd`` in its own process group, Ctrl-C it (SIGINT to the group, as a terminal does)
     once a progress line says ``after_iterations`` iterations have finished; returns (exit code,
@@ -27,7 +35,7 @@ def interrupt(cmd, after_iterations=2, cwd=REPO, env=None):
     ``env``: variables added to the environment (as a shell's ``export``)."""
     env = dict(detectron2_env(), MGD_PROGRESS_SECONDS="0.2", OMP_NUM_THREADS="2", **(env or {}))
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_as_in_a_terminal)
     lines, masks = [], "(none: SIGINT was never sent)"
     try:
         for line in proc.stdout:
