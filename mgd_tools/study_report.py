@@ -198,12 +198,12 @@ def _plots(runner, results: dict, out: str) -> List[str]:
     # training losses, seed 1 of every arm
     keys = ("total_loss", "loss_cls", "loss_box_reg", "loss_distill")
     fig, axes = plt.subplots(1, len(keys), figsize=(14, 3.3))
-    for arm in arms:
+    for i, arm in enumerate(arms):  # one colour per arm in every panel (plain has no loss_distill)
         records, _ = read_metrics(os.path.join(runner.run_dir(1, arm), "metrics.json"))
         for ax, key in zip(axes, keys):
             xs, ys = series(records, key)
             if xs:
-                ax.plot(xs, ys, label=arm)
+                ax.plot(xs, ys, label=arm, color=f"C{i}")
     for ax, key in zip(axes, keys):
         ax.set_title(key)
         ax.set_xlabel("iteration")
