@@ -49,7 +49,12 @@ def _model(tmp_path, opts=()):
 def _losses(model, batch, iteration):
     with EventStorage(iteration) as storage:
         losses = model(batch)
-        return losses, {k: v[0] if isinstance(v, tuple) else v for k, v in storage.latest().items()}
+        return losses, {k: _value(v) for k, v in storage.latest().items()}
+
+
+def _value(entry):
+    """A storage entry's value: (value, iteration) on newer Detectron2, the value on the pin."""
+    return entry[0] if isinstance(entry, tuple) else entry
 
 
 def _student_grads(model, loss):
@@ -120,3 +125,23 @@ def test_bad_values_are_one_line_errors(tmp_path, key, value):
     with pytest.raises(UserError) as error:
         check_config(cfg)
     assert key in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_written_gradient_norms_are_each_periods_own_not_a_median_over_periods(tmp_path):
+    """Detectron2's writers log a scalar's median over its last 20 values unless told not to;
+    logged once per period, that median would run over up to 20 periods (400 iterations at 20)."""
+    model, batch = _model(tmp_path, ["MGD.GRAD_NORM_PERIOD", "5"])
+    per_period = []
+    with EventStorage(4) as storage:
+        for iteration in (4, 9, 14):
+            storage._iter = iteration  # EventStorage.iter has no setter on every version
+            model(batch)
+            per_period.append({k: _value(v) for k, v in storage.latest().items() if k.startswith("mgd/grad_")})
+            written = storage.latest_with_smoothing_hint(20)  # what JSONWriter writes for this iteration
+            for key, value in per_period[-1].items():
+                assert _value(written[key]) == value, key
+            with torch.no_grad():  # another step: other gradients in the next period
+                for p in model.s_net.backbone.bottom_up.parameters():
+                    if p.requires_grad:
+                        p.mul_(1.5)
+    assert len({p["mgd/grad_norm_detection"] for p in per_period}) == 3  # the periods did differ

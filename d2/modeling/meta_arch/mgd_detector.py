@@ -317,9 +317,11 @@ class MGDDetector(nn.Module):
                                      for g, p in zip(parts, params)])
         norms = {name: g.norm() for name, g in grads.items()}
         for name, norm in norms.items():
-            storage.put_scalar(f"mgd/grad_norm_{name}", norm.item())
+            storage.put_scalar(f"mgd/grad_norm_{name}", norm.item(), smoothing_hint=False)
         denominator = (norms["detection"] * norms["distill"]).clamp_min(1e-30)
-        storage.put_scalar("mgd/grad_cosine", (grads["detection"] @ grads["distill"] / denominator).item())
+        # one value per period: the writers' 20-value median would mix up to 20 periods
+        storage.put_scalar("mgd/grad_cosine", (grads["detection"] @ grads["distill"] / denominator).item(),
+                           smoothing_hint=False)
 
     @torch.no_grad()
     def distillation_losses(self, batched_inputs: List[dict]) -> Dict[str, Tensor]:
