@@ -116,7 +116,7 @@ def format_tables(results: dict) -> str:
     lead = results.get("teacher_lead")
     lines = [f"Teacher R50: AP {results['teacher']['AP']:.2f}, AP50 {results['teacher']['AP50']:.2f}, "
              f"AP75 {results['teacher']['AP75']:.2f}" + (
-                 f"; {lead['AP']:.2f} AP ahead of the plain student's mean (required: {lead['required']:g}: "
+                 f"; {lead['AP']:.2f} AP ahead of the plain student's mean (required: at least {lead['required']:g}, "
                  f"{'met' if lead['met'] else 'NOT met: the study cannot speak to MGD with a strong teacher'})"
                  if lead else ""), "",
              "| arm | seeds | AP (mean ± sd) | AP50 | AP75 | AP per seed |", "|---|---:|---:|---:|---:|---|"]
