@@ -81,7 +81,7 @@ class MatchingStatistic:
         return tuple(r for r in used if self.images_per_rank[r] > 0)
 
     def describe(self) -> str:
-        """One line, e.g. "2002 images from ranks 0-7 of 8 (ranks 'all'; images per rank [256, ..., 210])"."""
+        """One line, e.g. "2002 images from ranks 0-7 of 8 (ranks 'all'; images per rank [252, 250, ..., 250])"."""
         ranks = self.contributing_ranks
         if not ranks:
             who = "no rank"

@@ -200,7 +200,8 @@ def scale_to_world_size(cfg, world_size: int):
     * ``MGD.MATCHING_RANKS "all"`` solves from ``(UPDATE_ITER + 1) x IMS_PER_BATCH /
       MGD.REFERENCE_WORLD_SIZE`` images: ``UPDATE_ITER + 1`` is divided by ``scale`` (the
       batch was multiplied by it), e.g. COCO on 1 GPU with ``SOLVER.REFERENCE_WORLD_SIZE 8``:
-      batch 2, ``UPDATE_ITER`` 8007, the same 2002 images (1001 batches of 2);
+      batch 2, ``UPDATE_ITER`` 8007, as many images as the reference, 2002 (1001 batches of 2;
+      other images than the original's, which took rank 0's alone);
     * ``"rank0"`` solves from rank 0's ``UPDATE_ITER + 1`` batches: the per-process batch is
       unchanged, so ``UPDATE_ITER`` is too (1001 batches of 2 = 2002 images, as the original
       on its 8 GPUs).

@@ -158,3 +158,25 @@ def test_plain_retinanet_trains_and_evaluates_through_train_net(tmp_path, synth)
     text = (tmp_path / "none" / "eval_results.json").read_text()
     results = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
     assert results["bbox"]["AP"] is None and set(results["bbox"].values()) == {None}
+
+
+@pytest.mark.slow
+def test_periodic_evaluation_during_distillation_changes_nothing_in_the_training(tmp_path, synth, random_mgd_weights):
+    """``TEST.EVAL_PERIOD`` (the original's 5000; the README says how to turn it on): evaluations
+    in the middle of an MGD run come back to training mode with the teacher still in eval mode,
+    and the run ends with the weights of the same run evaluated at its end only."""
+    import torch
+
+    cfg = REPO / "configs" / "demo_mgd_R50_R18.yaml"
+    common = ["--config-file", cfg, *FAST_MGD, "SOLVER.MAX_ITER", "4", "MODEL.WEIGHTS", random_mgd_weights]
+    runs = {}
+    for period in (0, 2):
+        out = tmp_path / f"period{period}"
+        proc = run_train_net([*common, "TEST.EVAL_PERIOD", period, "OUTPUT_DIR", out], synth, cwd=tmp_path)
+        runs[period] = (torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"],
+                        len(AP_LINE.findall(proc.stdout)), proc.stdout)
+    assert runs[0][1] == 1 and runs[2][1] == 2  # at the end only / after iterations 2 and 4
+    final_only, periodic = runs[0][0], runs[2][0]
+    assert final_only.keys() == periodic.keys()
+    changed = [k for k in final_only if not torch.equal(final_only[k], periodic[k])]
+    assert not changed, changed[:5]
