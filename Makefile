@@ -54,7 +54,7 @@ EVAL_TEACHER      ?=
 EVAL_WEIGHTS      ?= $(MGD_OUTPUT)/model_final$(if $(EVAL_TEACHER),.teacher).pkl
 EVAL_OUTPUT       ?= $(MGD_OUTPUT)/eval$(if $(EVAL_TEACHER),-teacher)
 # (each Detectron2 target has its own demo folder: a step whose output exists is kept)
-DEMO_DIR          ?= output/demo$(if $(filter latest,$(DETECTRON2)),-latest)
+DEMO_DIR          ?= output/demo$(DETECTOR_TAG)$(if $(filter latest,$(DETECTRON2)),-latest)
 # An evaluation into a folder that holds one moves the earlier one to EVAL_OUTPUT/previous-N;
 # EVAL_REPLACE=1 deletes it instead.
 EVAL_REPLACE      ?=
@@ -95,7 +95,7 @@ export MGD_DETECTRON2_DIR := $(abspath $(DETECTRON2_DIR))
 export PYTHONPATH := $(MGD_DETECTRON2_DIR):$(MGD_DETECTRON2_DIR)/mgd-python-deps:$(CURDIR)$(if $(MGD_USER_PYTHONPATH),:$(MGD_USER_PYTHONPATH))
 
 # OpenMP threads sleep rather than spin while they wait (train_net.py sets the same): on a CPU
-# shared with other jobs, spinning made the demo's steps 3-4x slower (README, the demo's *Time*).
+# shared with other jobs, spinning made the demo's steps 3-4x slower (docs/demo.md, *Time*).
 export OMP_WAIT_POLICY ?= PASSIVE
 
 D2_CONFIGS := $(DETECTRON2_DIR)/configs/COCO-Detection
@@ -177,7 +177,7 @@ overlay: ## copy d2/ modules (d2/X/y.py -> detectron2/X/y.py) and configs/ into 
 PYTEST_MARKS      ?=
 LATEST_MARKS      ?= not slow or latest_pass
 # Tests run in PYTEST_WORKERS processes side by side (pytest-xdist; default: one per CPU core;
-# on 2 cores side by side the pin's suite took 11 min instead of 20, see the README); the tests of
+# on 2 cores side by side the pin's suite took 11 min instead of 20, see docs/testing.md); the tests of
 # one module stay in one process (--dist loadscope), so a module's shared fixture (the demo chain,
 # the bad-input cases) is made once. PYTEST_WORKERS=0 runs them in pytest's own process (pdb).
 # Detectron2's own tests (test-detectron2) are spread test by test (--dist worksteal). Without
@@ -303,8 +303,10 @@ eval: check-eval overlay ## COCO evaluation of EVAL_WEIGHTS with EVAL_CONFIG int
 
 .PHONY: demo
 # (the pin is cloned and built first when it is not built yet; `make detectron2` re-checks a built one)
-demo: install $(if $(D2_BUILT),,detectron2) overlay ## the whole chain on CPU on a synthetic COCO set, no download (SEEDS=n: n student seeds); AP and matched-cost tables, plots
-	DEMO_DIR=$(DEMO_DIR) SEEDS=$(SEEDS) PYTHON=$(PYTHON) MAKE=$(MAKE) D2_CONFIGS=$(D2_CONFIGS) bash scripts/run_demo.sh
+demo: install $(if $(D2_BUILT),,detectron2) overlay ## the whole chain on CPU on a synthetic COCO set, no download (SEEDS=n: n student seeds; DETECTOR=faster_rcnn); AP and matched-cost tables, plots
+	@$(check_detector)
+	DEMO_DIR=$(DEMO_DIR) SEEDS=$(SEEDS) DETECTOR=$(DETECTOR) PYTHON=$(PYTHON) MAKE=$(MAKE) D2_CONFIGS=$(D2_CONFIGS) \
+	    bash scripts/run_demo.sh
 
 .PHONY: demo-clean
 demo-clean: ## delete the demo's outputs (DEMO_DIR) so the next `make demo` redoes every step
@@ -313,7 +315,7 @@ demo-clean: ## delete the demo's outputs (DEMO_DIR) so the next `make demo` redo
 .PHONY: plots
 plots: ## results table and PNG plots (losses, matching cost, AP) of RUNS="NAME=DIR ..." into PLOTS_DIR (no RUNS: the demo's)
 ifeq ($(strip $(RUNS)),)
-	$(PYTHON) scripts/plot_runs.py --runs teacher=$(DEMO_DIR)/base-R50 student=$(DEMO_DIR)/seed1/base-R18 \
+	$(PYTHON) scripts/plot_runs.py --runs teacher=$(DEMO_DIR)/base$(DETECTOR_TAG)-R50 student=$(DEMO_DIR)/seed1/base$(DETECTOR_TAG)-R18 \
 	    mgd=$(DEMO_DIR)/seed1/mgd --ap-table $(DEMO_DIR)/results.json --out $(PLOTS_DIR)
 else
 	$(PYTHON) scripts/summarize_results.py --runs $(RUNS) --write $(PLOTS_DIR)/results.json
@@ -348,8 +350,9 @@ bench-core: ## time the MGD core (matching update, loss + AMP) vs the original's
 # bfloat16 + float16 with its GradScaler); GPU_CHECK_ARGS reach scripts/gpu_check.py (--budget, --skip-build)
 BENCH_ARGS        ?=
 GPU_CHECK_ARGS    ?=
-bench: bench-core ## all benchmarks: the core, then the MGD training step (float32, bfloat16, float16 + GradScaler) vs its floor and the double pass
-	$(PYTHON) benchmarks/bench_step.py $(BENCH_ARGS)
+bench: bench-core ## all benchmarks: the core, then the MGD training step of DETECTOR (float32, bfloat16, float16 + GradScaler) vs its floor and the double pass
+	@$(check_detector)
+	$(PYTHON) benchmarks/bench_step.py --detector $(DETECTOR) $(BENCH_ARGS)
 
 .PHONY: gpu-check
 gpu-check: ## on a CUDA machine: build the CUDA ops, GPU tests, benchmarks (float32/float16/bfloat16), an NCCL MGD run; one report in output/gpu-check (< 8 min on one H100)

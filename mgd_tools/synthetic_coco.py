@@ -1,7 +1,7 @@
 """A small synthetic COCO-format detection set, generated deterministically from a seed.
 
 Design (a small-scale study found this design trains to a clear teacher-student gap on CPU;
-the README's "The CPU demo" gives the figures):
+docs/demo.md gives the figures):
 
 * square RGB images (default 128x128), a train and a val split (default 320 / 120);
 * 4 categories, each a shape x colour pair - red circle, blue circle, red square, blue
