@@ -152,9 +152,15 @@ given_variables = $(foreach v,$(filter-out RESUME FRESH,$(USER_VARIABLES)),$(if 
 base distill: export MGD_RESUME_COMMAND ?= make $@ $(strip $(given_variables)) RESUME=1
 
 .PHONY: install
-install: ## install the pinned Python requirements (reuses what is already installed)
+install: ## install the pinned Python requirements, then this checkout's packages (mgd, mgd_tools) in editable mode
 	@if $(PYTHON) scripts/check_requirements.py requirements.txt; then echo "requirements: all installed"; \
 	else echo "+ $(PYTHON) -m pip install -r requirements.txt"; $(PYTHON) -m pip install -q -r requirements.txt; fi
+	@# installed when `import mgd` from outside this folder, without PYTHONPATH, finds this checkout's
+	@if (cd / && env -u PYTHONPATH $(PYTHON) -c "import os, sys, mgd; \
+	    sys.exit(os.path.realpath(os.path.dirname(mgd.__file__)) != os.path.realpath(sys.argv[1]))" $(CURDIR)/mgd) 2>/dev/null; \
+	then echo "mgd-detectron2: installed (editable, this checkout)"; \
+	else echo "+ $(PYTHON) -m pip install --no-deps --no-build-isolation -e ."; \
+	    $(PYTHON) -m pip install -q --no-deps --no-build-isolation -e . ; fi
 
 .PHONY: detectron2
 detectron2: install ## clone Detectron2 at DETECTRON2's commit (pin: PR #1820; latest: today's main) into DETECTRON2_DIR, apply compat edits, build its C++ ops
