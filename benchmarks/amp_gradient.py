@@ -23,15 +23,12 @@ relative error.
         [--students random,close] [--init-scale 65536]
 """
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
-from mgd.checkpoint import TEACHER_PREFIX  # noqa: E402
+from mgd.bootstrap import use_detectron2_with_overlay
+from mgd.checkpoint import TEACHER_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the checkout `make` names (DETECTRON2=pin|latest), its overlay and configs refreshed

@@ -22,9 +22,8 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-import mgd  # noqa: E402
-from mgd.matching import copies_per_student  # noqa: E402
+import mgd
+from mgd.matching import copies_per_student
 
 STUDENT_CHANNELS = (64, 128, 256, 512)  # R18 res2..res5
 TEACHER_CHANNELS = (256, 512, 1024, 2048)  # R50 res2..res5

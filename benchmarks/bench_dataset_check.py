@@ -18,11 +18,9 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
+from mgd.bootstrap import use_detectron2_with_overlay
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 use_detectron2_with_overlay(REPO)

@@ -25,7 +25,7 @@ allocation >= 64 KiB separately and unmap it when freed (MALLOC_MMAP_THRESHOLD_)
 resident set follows the live tensors; the figure is the process's peak resident set (VmHWM)
 during one step minus its resident set just before it (after a warm-up step).
 
-    python benchmarks/bench_step.py [--size 320] [--batch 2] [--reps 7] [--device cuda]
+    python benchmarks/bench_step.py [--detector retinanet|faster_rcnn] [--size 320] [--batch 2] [--reps 7] [--device cuda]
         [--precisions float16,bfloat16] [--json PATH]
 """
 import argparse
@@ -37,9 +37,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
-from mgd.runtime import apply_runtime_defaults  # noqa: E402
+from mgd.bootstrap import use_detectron2_with_overlay
+from mgd.runtime import apply_runtime_defaults
 
 apply_runtime_defaults()  # as train_net.py: the step measured is the step trained (PYTORCH_JIT=0)
 
@@ -58,13 +57,15 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 from mgd.config import add_mgd_config  # noqa: E402
 
-CONFIG = os.path.join(ROOT, "detectron2", "configs", "COCO-Detection", "mgd_retinanet_R50_R18_FPN_1x.yaml")
+#: the published MGD config of each detector (--detector), as `make distill DETECTOR=...` trains it
+CONFIGS = {detector: os.path.join(ROOT, "detectron2", "configs", "COCO-Detection", f"mgd_{detector}_R50_R18_FPN_1x.yaml")
+           for detector in ("retinanet", "faster_rcnn")}
 
 
-def build(device):
+def build(device, detector="retinanet"):
     cfg = get_cfg()
     add_mgd_config(cfg)
-    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_file(CONFIGS[detector])
     cfg.MODEL.DEVICE = device
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -241,7 +242,7 @@ def _rss_kib(field):
 
 def _measure_peak(name, args):
     """In a fresh process: build, one warm-up step, then the peak RSS growth of one step."""
-    model = build(args.device)
+    model = build(args.device, args.detector)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
     batch = make_batch(args.batch, args.size)
     steps, matches = variants(_precisions(args), args.device)
@@ -259,7 +260,7 @@ def _measure_peak(name, args):
 
 def peak_memory_mib(name, args):
     """Peak memory of one variant, measured in its own process (fork after OpenMP hangs)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--peak-of", name, "--size", str(args.size),
+    cmd = [sys.executable, os.path.abspath(__file__), "--peak-of", name, "--detector", args.detector, "--size", str(args.size),
            "--batch", str(args.batch), "--device", args.device, "--precisions", args.precisions]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -281,6 +282,8 @@ def _precisions(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--detector", choices=sorted(CONFIGS), default="retinanet",
+                        help="whose published MGD config is measured (default retinanet)")
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--reps", type=int, default=7)
@@ -300,7 +303,7 @@ def main():
         return _measure_peak(args.peak_of, args)
 
     on_cuda = args.device.startswith("cuda")
-    model = build(args.device)
+    model = build(args.device, args.detector)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
     batch = make_batch(args.batch, args.size)
     steps, matches = variants(precisions, args.device)
@@ -336,7 +339,8 @@ def main():
         mem = {n: peak_memory_mib(n, args) for n in names}
 
     device_name = torch.cuda.get_device_name(torch.device(args.device)) if on_cuda else "cpu"
-    print(f"MGD R50 -> R18 (RetinaNet, c2..c5), {args.batch} images {args.size}x{args.size}, "
+    detector = {"retinanet": "RetinaNet", "faster_rcnn": "Faster R-CNN"}[args.detector]
+    print(f"MGD R50 -> R18 ({detector}, c2..c5), {args.batch} images {args.size}x{args.size}, "
           f"device {args.device} ({device_name}), {torch.get_num_threads()} threads, {args.reps} interleaved reps, "
           f"medians; peak memory: {'CUDA allocated' if on_cuda else 'resident set'} above the step's start")
     print(f"{'variant':<13}{'time s':>9}{'vs floor':>10}{'peak MiB':>10}{'mem vs floor':>14}")
@@ -372,7 +376,7 @@ def main():
                 for label, r, lim, upper in goals if r == r]  # skip variants not run (nan)
     print("goals: " + "; ".join(verdicts))
     if args.json:
-        figures = {"device": args.device, "device_name": device_name, "threads": torch.get_num_threads(),
+        figures = {"detector": args.detector, "device": args.device, "device_name": device_name, "threads": torch.get_num_threads(),
                    "size": args.size, "batch": args.batch, "reps": args.reps, "precisions": precisions,
                    "seconds": med, "peak_mib": mem, "vs_floor": {n: ratio(med, n, floor_of(n)) for n in names},
                    "goals": verdicts}

@@ -19,10 +19,8 @@ pairs (one per teacher channel) differ. Without --weights the networks are rando
 import argparse
 import glob
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
+from mgd.bootstrap import use_detectron2_with_overlay
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 use_detectron2_with_overlay(REPO)

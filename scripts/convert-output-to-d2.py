@@ -11,13 +11,10 @@ arrays, in a Detectron2 pickle ``{"model": ..., "__author__": "TORCHVISION",
 IN is read as data only; OUT is written atomically.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.checkpoint import convert_distilled  # noqa: E402
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from mgd.checkpoint import convert_distilled
+from mgd.cli import OneLineArgumentParser, run_cli
 
 
 def build_parser():

@@ -13,10 +13,8 @@ others are still converted; the exit code is 2 if any failed (or none was found)
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.checkpoint import CheckpointError, convert_distilled  # noqa: E402
-from mgd.cli import OneLineArgumentParser, report_error, run_cli  # noqa: E402
+from mgd.checkpoint import CheckpointError, convert_distilled
+from mgd.cli import OneLineArgumentParser, report_error, run_cli
 
 
 def build_parser():

@@ -21,16 +21,13 @@ Printed variables: MGD_BUILD_TARGET (one line saying what is built: "CPU only (w
 FORCE_CUDA, CUDA_HOME, TORCH_CUDA_ARCH_LIST and, when needed, CPATH and LIBRARY_PATH.
 A problem is one ``error: ...`` line on stderr and exit status 2.
 """
-import os
 import shlex
 import sys
 from pathlib import Path
 from typing import List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.cli import run_cli  # noqa: E402
-from mgd_tools.cuda_build_env import build_env  # noqa: E402
+from mgd.cli import run_cli
+from mgd_tools.cuda_build_env import build_env
 
 
 def main(argv: List[str]) -> int:

@@ -17,12 +17,10 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.checkpoint import is_random_init, load_checkpoint_object  # noqa: E402
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
-from mgd.errors import UserError  # noqa: E402
-from mgd_tools.torchvision_convert import ConversionFailed, run_converter  # noqa: E402
+from mgd.checkpoint import is_random_init, load_checkpoint_object
+from mgd.cli import OneLineArgumentParser, run_cli
+from mgd.errors import UserError
+from mgd_tools.torchvision_convert import ConversionFailed, run_converter
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 DEPTHS = (18, 50)

@@ -18,8 +18,7 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from mgd.gpu_report import StepResult, environment, parse_junit, read_training_run, write_report  # noqa: E402
+from mgd.gpu_report import StepResult, environment, parse_junit, read_training_run, write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

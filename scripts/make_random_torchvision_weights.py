@@ -10,13 +10,10 @@ RANDOM_INIT=1` then marks the converted pickle (scripts/random_init_marker.py), 
 taken for ImageNet weights. Written atomically (temporary file + rename).
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.checkpoint import atomic_write, check_output_path  # noqa: E402
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from mgd.checkpoint import atomic_write, check_output_path
+from mgd.cli import OneLineArgumentParser, run_cli
 
 
 def random_resnet_state_dict(depth, seed=0):

@@ -11,13 +11,10 @@ design is described in mgd_tools/synthetic_coco.py. Use it as any COCO-format se
 train_net.py --dataset mgd_synth_train OUT/annotations/instances_train.json OUT/train (and val).
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
-from mgd_tools.synthetic_coco import SynthConfig, write_dataset  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli
+from mgd_tools.synthetic_coco import SynthConfig, write_dataset
 
 
 def build_parser():

@@ -32,12 +32,11 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
-from mgd.checkpoint import (  # noqa: E402
+from mgd.bootstrap import use_detectron2_with_overlay
+from mgd.checkpoint import (
     Role, atomic_write, check_model_load, check_weights_path, load_checkpoint, select_network, shapes_of)
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
-from mgd.errors import UserError  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli
+from mgd.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 use_detectron2_with_overlay(REPO_ROOT)

@@ -16,12 +16,9 @@ does OUT, and the MGD run says so in its log. The teacher must be deeper than th
 student or shallower (experiments).
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.checkpoint import (  # noqa: E402
+from mgd.checkpoint import (
     DEPTH_LAYOUTS,
     D2_BACKBONE_PREFIX,
     STUDENT_BACKBONE_PREFIX,
@@ -38,7 +35,7 @@ from mgd.checkpoint import (  # noqa: E402
     merge_teacher_student,
     save_d2_pickle,
 )
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli
 
 
 def build_parser():

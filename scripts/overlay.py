@@ -10,10 +10,8 @@ Every entry point that imports the overlay refreshes a stale copy by itself
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
-from mgd.overlay import OverlayError, copy_overlay, overlay_files  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli
+from mgd.overlay import OverlayError, copy_overlay, overlay_files
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -29,12 +29,10 @@ import os
 import sys
 from collections import Counter, OrderedDict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
-from mgd_tools.plots import (  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli
+from mgd_tools.plots import (
     PlotError, ap_of_runs, plot_ap, plot_costs, plot_losses, plot_matched_cost, read_metrics)
-from mgd_tools.results_table import load_results, parse_runs  # noqa: E402
+from mgd_tools.results_table import load_results, parse_runs
 
 
 def build_parser():

@@ -14,12 +14,10 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.checkpoint import atomic_write  # noqa: E402
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
-from mgd.errors import UserError  # noqa: E402
-from mgd_tools.torchvision_convert import ConversionFailed, run_converter  # noqa: E402
+from mgd.checkpoint import atomic_write
+from mgd.cli import OneLineArgumentParser, run_cli
+from mgd.errors import UserError
+from mgd_tools.torchvision_convert import ConversionFailed, run_converter
 
 
 def convert(checkout: str, pth: str, pkl: str) -> None:

@@ -11,19 +11,16 @@ for. Runs that start from marked weights say so in one log line, and their check
 merges and splits keep the mark. Files are read as data only; `mark` rewrites atomically.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.checkpoint import (  # noqa: E402
+from mgd.checkpoint import (
     CheckpointError,
     extract_state_dict,
     is_random_init,
     load_checkpoint_object,
     save_d2_pickle,
 )
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli
 
 
 def build_parser():

@@ -13,10 +13,9 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from mgd.bootstrap import detectron2_checkout  # noqa: E402
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
-from mgd.runtime import apply_runtime_defaults  # noqa: E402
+from mgd.bootstrap import detectron2_checkout
+from mgd.cli import OneLineArgumentParser, run_cli
+from mgd.runtime import apply_runtime_defaults
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,10 +14,9 @@ the same student.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-from mgd.bootstrap import use_detectron2_with_overlay  # noqa: E402
-from mgd.checkpoint import Role, atomic_write, strip_prefix  # noqa: E402
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
+from mgd.bootstrap import use_detectron2_with_overlay
+from mgd.checkpoint import Role, atomic_write, strip_prefix
+from mgd.cli import OneLineArgumentParser, run_cli
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 use_detectron2_with_overlay(REPO_ROOT)

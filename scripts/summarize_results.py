@@ -48,10 +48,8 @@ it is a single difference, without spread.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
-
-from mgd.cli import OneLineArgumentParser, run_cli  # noqa: E402
-from mgd_tools.results_table import (  # noqa: E402
+from mgd.cli import OneLineArgumentParser, run_cli
+from mgd_tools.results_table import (
     ResultsError, collect, collect_runs, format_cost_table, format_run_table, format_table, load_results, models,
     parse_runs, teacher_gap_warning, write_results)
 
