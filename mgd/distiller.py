@@ -37,7 +37,7 @@ from .defaults import (
 )
 from .loss import distillation_loss
 from .margins import margins_from_affine
-from .matching import assignment_length, copies_per_student, matching_cost, solve_matching
+from .matching import MATCHING_RANKS, assignment_length, copies_per_student, matching_cost, solve_matching
 from .reducers import REDUCERS, reduce_teacher
 
 __all__ = [
@@ -56,8 +56,6 @@ __all__ = [
 Affine = Optional[Tuple[Tensor, Tensor]]
 #: a student norm: "GN", or a callable channels -> module (e.g. Detectron2's NaiveSyncBatchNorm)
 Norm = Union[str, Callable[[int], nn.Module]]
-#: whose accumulated costs a matching is solved from, under torch.distributed
-MATCHING_RANKS = ("all", "rank0")
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+#: MGD.MATCHING_RANKS: "all" (every rank's images enter the costs) or "rank0" (the original's)
+MATCHING_RANKS = ("all", "rank0")
+
 __all__ = [
     "matching_cost", "solve_matching", "random_assignment", "copies_per_student", "assignment_length",
-    "MatchingPass", "plan_matching_pass",
+    "MatchingPass", "plan_matching_pass", "MATCHING_RANKS",
 ]
 
 
@@ -190,7 +193,7 @@ def plan_matching_pass(update_iter: int, ims_per_batch: int, reference_world_siz
     ``reference_world_size`` 0 (the original code's rules, see ``distillation_divisor``) takes
     this run as its own reference: ``reference_world_size = world_size``.
     """
-    if ranks not in ("all", "rank0"):
+    if ranks not in MATCHING_RANKS:
         raise ValueError(f"MGD.MATCHING_RANKS must be 'all' or 'rank0', got {ranks!r}")
     if update_iter < 0 or ims_per_batch <= 0 or world_size <= 0 or reference_world_size < 0:
         raise ValueError(f"need update_iter >= 0, ims_per_batch > 0, world_size > 0, reference_world_size >= 0; "

@@ -17,7 +17,7 @@ import torch
 from detectron2.engine.mgd_matching_pass import run_matching_pass
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
-from detectron2.utils.mgd_compat import training_data_iter
+from detectron2.utils.mgd_compat import training_data_iter, unwrap_model
 
 from mgd.matching import plan_matching_pass, random_assignment
 from mgd.schedule import check_schedule, matching_update_due, scheduled
@@ -27,11 +27,6 @@ from mgd.stream import ResumableStream
 __all__ = ["MGDMatchingHook", "MatchingCheckpointable", "unwrap_model", "assignment_digest"]
 
 logger = logging.getLogger("detectron2.mgd")
-
-
-def unwrap_model(model):
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def assignment_digest(distiller) -> str:

@@ -28,7 +28,7 @@ import torch
 
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
-from detectron2.utils.mgd_compat import get_loss_normalizer, set_loss_normalizer
+from detectron2.utils.mgd_compat import get_loss_normalizer, set_loss_normalizer, unwrap_model
 
 from mgd.seeding import seed_step
 from mgd.stream import ResumableStream, StreamLayoutError
@@ -44,7 +44,7 @@ HISTORY_KEPT = 20
 
 def _retinanet(model):
     """The RetinaNet whose loss normaliser is saved: the student of an MGD model."""
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     return getattr(model, "s_net", model)
 
 

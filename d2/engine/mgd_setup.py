@@ -36,7 +36,7 @@ from mgd.config import (
     ASSIGNMENTS, MATCHING_DATA, MGD_META_ARCHITECTURE, add_mgd_config, detector_pair_problem, is_mgd_config,
 )
 from mgd.defaults import DEFAULT_POSITION_NAMES
-from mgd.distiller import MATCHING_RANKS
+from mgd.matching import MATCHING_RANKS
 from mgd.errors import UserError
 from mgd.reducers import REDUCERS
 from mgd.schedule import check_schedule

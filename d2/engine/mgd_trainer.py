@@ -45,7 +45,7 @@ from detectron2.engine.mgd_sync_check import ParameterDigestHook
 from detectron2.modeling.meta_arch.mgd_detector import amp_dtype, autocast
 from detectron2.utils import comm
 from detectron2.utils.mgd_compat import build_ddp, coco_evaluator, ddp_built_by, inner_trainer, training_data_iter, \
-    write_metrics
+    unwrap_model, write_metrics
 
 from mgd.config import is_mgd_config
 from mgd.matching import plan_matching_pass
@@ -230,7 +230,7 @@ def _log_scale_rules(cfg, model, world_size: int, amp_enabled: bool, dtype: torc
     precision of this run."""
     if is_mgd_config(cfg):
         batch, reference = cfg.SOLVER.IMS_PER_BATCH, cfg.MGD.REFERENCE_WORLD_SIZE
-        divisor = getattr(model, "module", model).loss_divisor
+        divisor = unwrap_model(model).loss_divisor
         if reference:
             rule = (f"IMS_PER_BATCH {batch} x MGD.REFERENCE_WORLD_SIZE {reference} / {world_size} processes"
                     f" = {divisor:g}: the distillation-to-detection balance of a {reference}-process run")

@@ -44,6 +44,7 @@ __all__ = [
     "training_data_iter",
     "write_metrics",
     "build_ddp",
+    "unwrap_model",
     "ddp_built_by",
     "INITIAL_LOSS_NORMALIZER",
     "get_loss_normalizer",
@@ -98,6 +99,11 @@ def build_ddp(model: nn.Module) -> nn.Module:
         broadcast_buffers=False,
         find_unused_parameters=True,
     )
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
 
 
 @contextlib.contextmanager
