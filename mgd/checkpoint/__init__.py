@@ -3,7 +3,7 @@
 * :mod:`.loading` reads ``.pkl`` (restricted unpickling) and ``.pth``
   (``torch.load(weights_only=True)``) files without running code from them;
 * :mod:`.format` knows the teacher/student layout (``t_net.*``, ``s_net.*``), reads a
-  ResNet's depth from key names, validates, merges and splits;
+  ResNet's depth from key names, validates and merges; :mod:`.split` splits one net back out;
 * :mod:`.strict` is the one place that decides which checkpoint may start which run
   (:class:`Role`; kind, depth, shapes), and which files a merge or a split takes;
 * :mod:`.writing` checks output paths early and writes atomically.
@@ -19,12 +19,10 @@ from .format import (
     STUDENT_BACKBONE_PREFIX,
     STUDENT_PREFIX,
     TEACHER_PREFIX,
-    convert_distilled,
     layout_text,
     merge_teacher_student,
     resnet_depth,
     resnet_layout,
-    split_distilled,
 )
 from .loading import (
     RANDOM_INIT_KEY,
@@ -60,6 +58,7 @@ from .strict import (
     validate_student,
     validate_teacher,
 )
+from .split import convert_distilled, split_distilled
 from .writing import atomic_write, check_output_path, human_size, save_d2_pickle
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The teacher/student checkpoint layout of MGD: the key prefixes (defined here, once), ResNet
-depth from key names, merge of a teacher RetinaNet and a student backbone, and the split back.
-Which file may be merged, split or loaded is decided in :mod:`.strict`.
+depth from key names, and the merge of a teacher RetinaNet and a student backbone (the split
+back is :mod:`.split`). Which file may be merged, split or loaded is decided in :mod:`.strict`.
 
 A merged (distillation) checkpoint holds ``t_net.<teacher RetinaNet key>`` and
 ``s_net.backbone.bottom_up.<converted torchvision key>``; MGD training writes
@@ -9,16 +9,13 @@ A merged (distillation) checkpoint holds ``t_net.<teacher RetinaNet key>`` and
 
 from __future__ import annotations
 
-import collections
 import re
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Tuple
 
 if TYPE_CHECKING:
     import numpy as np
 
-from .errors import CheckpointError
-from .loading import extract_state_dict, is_random_init, load_checkpoint_object, to_numpy
-from .writing import check_output_path, human_size, save_d2_pickle
+from .loading import to_numpy
 
 __all__ = [
     "TEACHER_PREFIX",
@@ -30,8 +27,6 @@ __all__ = [
     "resnet_depth",
     "layout_text",
     "merge_teacher_student",
-    "split_distilled",
-    "convert_distilled",
 ]
 
 TEACHER_PREFIX = "t_net."
@@ -104,39 +99,3 @@ def merge_teacher_student(teacher: Mapping[str, Any], student: Mapping[str, Any]
     for key, value in student.items():
         merged[STUDENT_BACKBONE_PREFIX + key] = to_numpy(value)
     return merged
-
-
-def split_distilled(sd: Mapping[str, Any], path="checkpoint", eval_teacher: bool = False
-                    ) -> Tuple[Dict[str, "np.ndarray"], Dict[str, int]]:
-    """Keep ``s_net.*`` (or ``t_net.*``) keys without the prefix, values as numpy.
-
-    Returns (kept, dropped counts by group).
-    """
-    from .strict import Role, check_split  # strict decides (and imports this module)
-
-    check_split(sd, path, Role.TEACHER if eval_teacher else Role.STUDENT)
-    prefix = TEACHER_PREFIX if eval_teacher else STUDENT_PREFIX
-    kept = {k[len(prefix):]: to_numpy(v) for k, v in sd.items() if k.startswith(prefix)}
-    dropped: Dict[str, int] = collections.Counter()
-    for k in sd:
-        if not k.startswith(prefix):
-            group = k.split(".", 1)[0] + "." if "." in k else k
-            dropped[group] += 1
-    return kept, dict(dropped)
-
-
-def convert_distilled(src, dst, eval_teacher: bool = False) -> str:
-    """Split one distillation checkpoint into a Detectron2 pickle; return a summary line."""
-    check_output_path(dst, inputs=[src])
-    obj = load_checkpoint_object(src, what="checkpoint")
-    sd = extract_state_dict(obj, src, what="checkpoint")
-    kept, dropped = split_distilled(sd, src, eval_teacher=eval_teacher)
-    random_init = is_random_init(obj)
-    size = save_d2_pickle(kept, dst, random_init=random_init)
-    prefix = TEACHER_PREFIX if eval_teacher else STUDENT_PREFIX
-    role = "teacher" if eval_teacher else "student"
-    others = ", ".join(f"{g}* {n}" for g, n in sorted(dropped.items())) or "nothing"
-    return (f"{src} -> {dst}: {len(kept)} {role} tensors ({prefix}* without the prefix), "
-            f"{human_size(size)}; left out {others}"
-            + ("; marked as descending from random init" if random_init else ""))
-

@@ -50,3 +50,58 @@ def test_the_quick_modules_start_without_torch_or_scipy():
     code = ("import sys, mgd.overlay, mgd.cli, mgd.bootstrap, mgd.errors; "
             "heavy = [m for m in ('torch', 'scipy', 'numpy') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _imports_within(package_dir, package: str) -> dict:
+    """{module: {modules of ``package`` it imports, at module level or inside functions}}, read
+    from the source (absolute ``package.x`` and relative ``.x`` / ``..x`` imports)."""
+    import ast
+    from pathlib import Path
+
+    graph = {}
+    root = Path(package_dir)
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        is_init = parts[-1] == "__init__"
+        module = ".".join(parts[:-1] if is_init else parts)
+        base = parts[:-1]  # the package the module's relative imports start from
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name.split(".")[0] == package}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    target = base[:len(base) - node.level + 1] + (node.module.split(".") if node.module else [])
+                    name = ".".join(target)
+                else:
+                    name = node.module or ""
+                if name.split(".")[0] == package:
+                    edges.add(name)
+                    edges |= {f"{name}.{a.name}" for a in node.names}
+        graph[module] = edges
+    return {m: {e for e in edges if e in graph and e != m} for m, edges in graph.items()}
+
+
+def test_no_two_modules_of_mgd_import_each_other():
+    """The layers import one way (docs/architecture.md): a cycle, even through a function-level
+    import, means two modules each decide part of the other's job (e.g. the checkpoint format
+    calling the strict rules that import the format)."""
+    import os
+
+    graph = _imports_within(os.path.dirname(mgd.__file__), "mgd")
+    packages = {m for m in graph if any(other.startswith(m + ".") for other in graph)}
+    cycles = []
+
+    def visit(module, path):
+        for nxt in graph[module]:
+            if nxt in packages and module.startswith(nxt + "."):
+                continue  # a module importing its own package's __init__ for a sibling is not a cycle
+            if nxt in path:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif len(path) < 12:
+                visit(nxt, path + [nxt])
+
+    for module in sorted(graph):
+        if module not in packages:
+            visit(module, [module])
+    assert not cycles, cycles[:3]
