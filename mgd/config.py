@@ -1,6 +1,7 @@
 """MGD configuration for Detectron2: ``add_mgd_config`` and the teacher/student derivation.
 
-This is Detectron2 glue: it imports detectron2, and ``import mgd`` does not import it.
+This is Detectron2 glue that does not import Detectron2: it edits the config object it is given
+(new nodes of that object's own class), and ``import mgd`` does not import it.
 
 Keys added (defaults = the original's COCO 1x setting; docs/mgd.md):
 
@@ -62,8 +63,6 @@ FPN, ...) come from the full config. Neither net's settings can leak into the ot
 """
 from typing import List, Optional
 
-from detectron2.config import CfgNode as CN
-
 from .defaults import DEFAULT_IGNORE_INDS, DEFAULT_LOSS_FACTORS, DEFAULT_POSITION_NAMES, DEFAULT_REDUCER
 
 #: values of MGD.ASSIGNMENT and MGD.MATCHING_DATA
@@ -119,8 +118,8 @@ _NET_KEYS = (
 )
 
 
-def _net_node(depth, res2_out_channels, freeze_at, stage_last_norm):
-    node = CN()
+def _net_node(node_type, depth, res2_out_channels, freeze_at, stage_last_norm):
+    node = node_type()
     node.META_ARCHITECTURE = "RetinaNet"
     node.DEPTH = depth
     node.RES2_OUT_CHANNELS = res2_out_channels
@@ -134,14 +133,16 @@ def _net_node(depth, res2_out_channels, freeze_at, stage_last_norm):
 
 
 def add_mgd_config(cfg):
-    """Add the MGD keys (module doc) to a Detectron2 config, in place. Returns cfg."""
+    """Add the MGD keys (module doc) to a Detectron2 config, in place. Returns cfg. New nodes
+    are of the config's own class, so this module does not import Detectron2."""
+    node_type = type(cfg)
     cfg.MODEL.RESNETS.STAGE_LAST_NORM = ""
     if "AMP" not in cfg.SOLVER:  # Detectron2's later convention; absent at the pin
-        cfg.SOLVER.AMP = CN({"ENABLED": False})
+        cfg.SOLVER.AMP = node_type({"ENABLED": False})
     # the autocast dtype: "auto" = float16 (with a GradScaler) on CUDA, bfloat16 on CPU
     cfg.SOLVER.AMP.PRECISION = "auto"
 
-    cfg.MGD = CN()
+    cfg.MGD = node_type()
     cfg.MGD.REDUCER = DEFAULT_REDUCER
     # indices into mgd.defaults.DEFAULT_POSITION_NAMES: [c2, c3, c4, c5, p3, p4, p5, p6, p7]
     cfg.MGD.IGNORE_INDS = list(DEFAULT_IGNORE_INDS)
@@ -174,8 +175,8 @@ def add_mgd_config(cfg):
     # training) which stages carry the stage-last norm.
     # a teacher and a student of different META_ARCHITECTUREs are refused unless True
     cfg.MGD.ALLOW_MIXED_DETECTORS = False
-    cfg.MGD.TEACHER = _net_node(50, 256, 2, "")
-    cfg.MGD.STUDENT = _net_node(18, 64, 1, "GN")
+    cfg.MGD.TEACHER = _net_node(node_type, 50, 256, 2, "")
+    cfg.MGD.STUDENT = _net_node(node_type, 18, 64, 1, "GN")
     return cfg
 
 

@@ -105,3 +105,19 @@ def test_no_two_modules_of_mgd_import_each_other():
         if module not in packages:
             visit(module, [module])
     assert not cycles, cycles[:3]
+
+
+def test_no_module_of_mgd_imports_a_detection_framework():
+    """docs/architecture.md: mgd/ is torch + scipy; the Detectron2 config it edits is handed in."""
+    import ast
+    import os
+    from pathlib import Path
+
+    frameworks = ("detectron2", "mmdet", "mmcv", "torchvision")
+    found = []
+    for path in Path(os.path.dirname(mgd.__file__)).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in frameworks]
+    assert not found, found
