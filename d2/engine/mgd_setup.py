@@ -231,7 +231,7 @@ def _check_mgd_keys(cfg: CfgNode) -> None:
 
 
 def _check_precision(cfg: CfgNode) -> None:
-    precision = cfg.SOLVER.AMP.get("PRECISION", "auto")
+    precision = cfg.SOLVER.AMP.PRECISION  # its default: mgd/config.py, once
     if precision not in AMP_PRECISIONS:
         raise ConfigError(f"SOLVER.AMP.PRECISION {precision!r}: use one of {', '.join(AMP_PRECISIONS)}")
     if (cfg.SOLVER.AMP.ENABLED and precision == "bfloat16" and cfg.MODEL.DEVICE.startswith("cuda")

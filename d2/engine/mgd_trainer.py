@@ -67,7 +67,7 @@ class MGDTrainer(DefaultTrainer):
         self.amp_enabled = bool(cfg.SOLVER.AMP.ENABLED)
         self.device = torch.device(cfg.MODEL.DEVICE)
         # -- precision: the autocast dtype, and loss scaling for float16 (bfloat16 has float32's range)
-        self.amp_dtype = amp_dtype(cfg.SOLVER.AMP.get("PRECISION", "auto"), self.device)
+        self.amp_dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION, self.device)
         use_scaler = self.amp_enabled and self.amp_dtype == torch.float16
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # upstream's checkpointables (whatever this Detectron2 saves: at the pin the optimizer
