@@ -20,7 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.mgd_compat import training_data_iter, unwrap_model
 
 from mgd.matching import plan_matching_pass, random_assignment
-from mgd.schedule import check_schedule, matching_update_due, scheduled
+from mgd.schedule import MatchingSchedule
 from mgd.seeding import RANDOM_ASSIGNMENT, derive_seed
 from mgd.stream import ResumableStream
 
@@ -80,11 +80,8 @@ class MGDMatchingHook(HookBase):
     """
 
     def __init__(self, cfg):
-        self.update_freq = list(cfg.MGD.UPDATE_FREQ)
-        self.slow_steps = list(cfg.MGD.UPDATE_SLOW_STEP)
-        check_schedule(self.update_freq, self.slow_steps)
-        if cfg.MGD.UPDATE_ITER <= 0:
-            raise ValueError(f"MGD.UPDATE_ITER must be > 0, got {cfg.MGD.UPDATE_ITER}")
+        #: when matchings fire (validated when the config was read: mgd_setup.check_config)
+        self.schedule = MatchingSchedule.from_config(cfg)
         #: batches per rank and the images that enter the costs (mgd.matching.MatchingPass)
         self.plan = plan_matching_pass(int(cfg.MGD.UPDATE_ITER), cfg.SOLVER.IMS_PER_BATCH,
                                        cfg.MGD.REFERENCE_WORLD_SIZE, comm.get_world_size(), cfg.MGD.MATCHING_RANKS)
@@ -118,18 +115,14 @@ class MGDMatchingHook(HookBase):
                 self.draw_random_assignment()
             return
         restored = self.restored is not None and not self.rematch_on_resume
-        if matching_update_due(trainer.iter, trainer.start_iter, self.update_freq, self.slow_steps,
-                               assignment_restored=restored):
+        if self.schedule.due(trainer.iter, trainer.start_iter, assignment_restored=restored):
             self.update_matching()
         elif first:
             record = self.restored["record"]
+            upcoming = self.schedule.next_scheduled(trainer.iter, trainer.max_iter)
             logger.info(f"MGD: continuing with the checkpoint's channel assignment (matching of iteration "
                         f"{record.get('iteration')}, digest {assignment_digest(model.distiller)}); next matching "
-                        f"at iteration {self._next_scheduled(trainer.iter, trainer.max_iter)}")
-
-    def _next_scheduled(self, after: int, max_iter: int):
-        return next((it for it in range(after + 1, max_iter) if scheduled(it, self.update_freq, self.slow_steps)),
-                    "none (no more in this run)")
+                        + (f"at iteration {upcoming}" if upcoming is not None else "none (no more in this run)"))
 
     def _check_restored_margins(self, margins: Dict[str, torch.Tensor]) -> None:
         """The margins follow from the frozen teacher: recomputed, they equal the saved ones."""

@@ -39,7 +39,7 @@ from mgd.defaults import DEFAULT_POSITION_NAMES
 from mgd.matching import MATCHING_RANKS
 from mgd.errors import UserError
 from mgd.reducers import REDUCERS
-from mgd.schedule import check_schedule
+from mgd.schedule import MatchingSchedule
 
 __all__ = ["ConfigError", "load_config", "check_config", "check_weights", "check_random_init_recipe",
            "check_output_dir", "checkpoint_iteration", "finished_run", "forget_logs_after", "move_previous_run", "previous_run_files", "clamp_workers",
@@ -205,7 +205,7 @@ def _check_mgd_keys(cfg: CfgNode) -> None:
     if pairing:
         raise ConfigError(pairing)
     try:
-        check_schedule(list(mgd.UPDATE_FREQ), list(mgd.UPDATE_SLOW_STEP))
+        MatchingSchedule.from_config(cfg)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if mgd.UPDATE_ITER < 1:

@@ -49,6 +49,7 @@ from detectron2.utils.mgd_compat import build_ddp, coco_evaluator, ddp_built_by,
 
 from mgd.config import is_mgd_config
 from mgd.matching import plan_matching_pass
+from mgd.schedule import MatchingSchedule, scaled_update_iter
 from mgd.seeding import MATCHING_STREAM, derive_seed
 from mgd.stream import ResumableStream
 
@@ -212,10 +213,9 @@ def scale_to_world_size(cfg, world_size: int):
     scale = world_size / cfg.SOLVER.REFERENCE_WORLD_SIZE
     frozen = scaled.is_frozen()
     scaled.defrost()
-    scaled.MGD.UPDATE_FREQ = [max(1, int(round(f / scale))) for f in cfg.MGD.UPDATE_FREQ]
-    scaled.MGD.UPDATE_SLOW_STEP = [int(round(s / scale)) for s in cfg.MGD.UPDATE_SLOW_STEP]
-    if cfg.MGD.MATCHING_RANKS == "all":  # keep (UPDATE_ITER + 1) x IMS_PER_BATCH
-        scaled.MGD.UPDATE_ITER = max(1, int(round((cfg.MGD.UPDATE_ITER + 1) / scale)) - 1)
+    schedule = MatchingSchedule.from_config(cfg).scaled(scale)
+    scaled.MGD.UPDATE_FREQ, scaled.MGD.UPDATE_SLOW_STEP = list(schedule.update_freq), list(schedule.slow_steps)
+    scaled.MGD.UPDATE_ITER = scaled_update_iter(cfg.MGD.UPDATE_ITER, scale, cfg.MGD.MATCHING_RANKS)
     logger.info(
         f"Auto-scaling the MGD schedule to UPDATE_FREQ={list(scaled.MGD.UPDATE_FREQ)}, "
         f"UPDATE_SLOW_STEP={list(scaled.MGD.UPDATE_SLOW_STEP)}, UPDATE_ITER={scaled.MGD.UPDATE_ITER}."

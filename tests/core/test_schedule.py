@@ -44,3 +44,39 @@ def test_more_slow_steps_and_bad_schedules():
         matching_update_due(0, 0, [0, 10], [5])
     with pytest.raises(ValueError, match="increasing"):
         scheduled(0, [1, 2, 3], [20, 10])
+
+
+def test_the_schedule_is_validated_when_built_and_its_rule_matches_the_shorthands():
+    from mgd.schedule import MatchingSchedule
+
+    with pytest.raises(ValueError, match="one more entry"):
+        MatchingSchedule((5000,), (20000,))
+    schedule = MatchingSchedule([5000, 31000], [20000])  # lists are taken, and kept as tuples
+    assert schedule == MatchingSchedule((5000, 31000), (20000,))
+    assert schedule.iterations(90000) == [0, 5000, 10000, 15000, 31000, 62000]
+    assert schedule.next_scheduled(15000, 90000) == 31000  # past the slow step: every 31000
+    assert schedule.next_scheduled(62000, 90000) is None
+
+
+def test_rescaling_keeps_the_matchings_at_the_same_point_of_training():
+    """Upstream's auto-scaling on 1 process with REFERENCE_WORLD_SIZE 8 divides the batch by 8
+    and multiplies every iteration count by 8: the matchings must land on 8 x the reference's
+    iterations (brute force over the reference rule), as SOLVER.STEPS do."""
+    from mgd.schedule import MatchingSchedule
+
+    reference = MatchingSchedule((5000, 31000), (20000,))
+    one_process = reference.scaled(1 / 8)
+    assert one_process.iterations(8 * 90000) == [8 * it for it in reference.iterations(90000)]
+    # and back: 8 processes from a 1-process reference
+    assert one_process.scaled(8) == reference
+    # a rounding case: a scale that does not divide the counts keeps them >= 1 and ordered
+    assert MatchingSchedule((3, 5), (7,)).scaled(4) == MatchingSchedule((1, 1), (2,))
+
+
+def test_rescaled_pass_keeps_the_images_of_the_matching_statistic():
+    from mgd.schedule import scaled_update_iter
+
+    # "all": (UPDATE_ITER + 1) x IMS_PER_BATCH images stay the reference's (1001 x 16 = 8008 x 2)
+    assert (scaled_update_iter(1000, 1 / 8, "all") + 1) * 2 == (1000 + 1) * 16
+    # "rank0": rank 0's batch is unchanged, so is the number of batches it draws
+    assert scaled_update_iter(1000, 1 / 8, "rank0") == 1000
