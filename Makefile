@@ -94,9 +94,12 @@ export MGD_USER_PYTHONPATH ?= $(PYTHONPATH)
 export MGD_DETECTRON2_DIR := $(abspath $(DETECTRON2_DIR))
 export PYTHONPATH := $(MGD_DETECTRON2_DIR):$(MGD_DETECTRON2_DIR)/mgd-python-deps:$(CURDIR)$(if $(MGD_USER_PYTHONPATH),:$(MGD_USER_PYTHONPATH))
 
-# OpenMP threads sleep rather than spin while they wait (train_net.py sets the same): on a CPU
-# shared with other jobs, spinning made the demo's steps 3-4x slower (docs/demo.md, *Time*).
-export OMP_WAIT_POLICY ?= PASSIVE
+# OpenMP threads sleep rather than spin while they wait, in every command run here (a value
+# in the environment is kept): the policy and its reason live in mgd/runtime.py, which
+# train_net.py applies when run by hand.
+ifeq ($(origin OMP_WAIT_POLICY),undefined)
+export OMP_WAIT_POLICY := $(shell cd "$(CURDIR)" && $(PYTHON) -m mgd.runtime OMP_WAIT_POLICY)
+endif
 
 D2_CONFIGS := $(DETECTRON2_DIR)/configs/COCO-Detection
 D2_PACKAGE := $(DETECTRON2_DIR)/detectron2
@@ -126,15 +129,8 @@ DATASET_ARGS = $(if $(strip $(DATASETS)),$(shell printf -- '--dataset %s %s %s '
 require = test -e "$(1)" || { echo "error: $(2) $(1) not found; $(3)" >&2; exit 2; }
 check_datasets = n=$(words $(DATASETS)); [ $$((n % 3)) -eq 0 ] || { \
     echo "error: DATASETS takes NAME JSON IMAGE_ROOT triples, got $$n words: $(DATASETS)" >&2; exit 2; }
-# OPTS is for KEY VALUE config overrides; a train_net.py flag there is pointed to its variable.
-comma := ,
-check_opts = $(if $(filter --resume,$(OPTS)),$(opts_resume_error),$(if $(filter --%,$(OPTS)),$(opts_flag_error),true))
-opts_resume_error = echo "error: OPTS=--resume is not read (OPTS takes KEY VALUE config overrides): resume with \
-    RESUME=1$(comma) e.g. make $(1) RESUME=1" >&2; exit 2
-opts_flag_error = echo "error: OPTS takes KEY VALUE config overrides$(comma) not the flag(s) $(filter --%,$(OPTS)): \
-    RESUME=1 for --resume$(comma) FRESH=1 for --fresh$(comma) SCALE= for --scale$(comma) other train_net.py flags \
-    in LAUNCH_ARGS" >&2; exit 2
-# train_net.py flags of the training targets
+# train_net.py flags of the training targets (OPTS holds KEY VALUE config overrides only:
+# train_net.py points a flag found there to its variable)
 RUN_FLAGS = --scale $(SCALE)$(if $(RESUME), --resume)$(if $(FRESH), --fresh)
 
 # The variables given on make's command line or exported by the shell (e.g. the README's
@@ -268,7 +264,6 @@ check_detector = case "$(DETECTOR)" in retinanet|faster_rcnn) ;; *) echo "error:
     faster_rcnn (Mask R-CNN: DETECTOR=faster_rcnn OPTS=\"MODEL.MASK_ON True\"), got '$(DETECTOR)'" >&2; exit 2;; esac
 check-base:
 	@$(check_detector)
-	@$(call check_opts,base DEPTH=$(DEPTH))
 	@case "$(DEPTH)" in 18|50) ;; *) \
 	    echo "error: DEPTH must be 18 or 50 (MGD's R50 teacher, R18 student), got '$(DEPTH)'" >&2; exit 2;; esac
 	@$(call require,$(BASE_CONFIG),BASE_CONFIG,pass BASE_CONFIG=a config file (e.g. configs/...))
@@ -280,19 +275,16 @@ check-merge:
 	@$(call require,$(STUDENT),the student weights STUDENT,run \`make weights\` or pass STUDENT=...)
 check-distill:
 	@$(check_detector)
-	@$(call check_opts,distill)
 	@$(call require,$(MGD_CONFIG),MGD_CONFIG,pass MGD_CONFIG=a config file (e.g. configs/...))
 	@$(call require,$(MERGED),the merged teacher/student checkpoint MERGED,run \`make merge\` or pass MERGED=...)
 	@$(check_datasets)
 check-probe:
 	@$(check_detector)
-	@$(call check_opts,probe)
 	@$(call require,$(MGD_CONFIG),MGD_CONFIG,pass MGD_CONFIG=a config file (e.g. configs/...))
 	@$(call require,$(MERGED),the merged teacher/student checkpoint MERGED,run \`make merge\` or pass MERGED=...)
 	@$(check_datasets)
 check-eval:
 	@$(check_detector)
-	@$(call check_opts,eval)
 	@$(check_datasets)
 
 .PHONY: convert-all

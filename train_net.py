@@ -86,15 +86,19 @@ def is_training(args) -> bool:
 
 def check_overrides(opts):
     """Flags among the KEY VALUE overrides (argparse puts everything after the first override
-    there) are a mistake to name, not an odd number of words."""
-    flags = [word for word in opts if str(word).startswith("--")]
+    there; make's OPTS lands there too) are a mistake to name, not an odd number of words. The
+    one home of this rule: the make targets pass OPTS through unchecked."""
+    flags = [str(word) for word in opts if str(word).startswith("--")]
     if not flags:
         return
-    if "--resume" in flags:
-        raise ConfigError("--resume is among the KEY VALUE config overrides, where it is not read: put it before "
-                          "them (train_net.py --resume --config-file ...); with make: RESUME=1, not OPTS=--resume")
-    raise ConfigError(f"{flags[0]} is among the KEY VALUE config overrides, where it is not read: flags go before "
-                      "them (train_net.py FLAGS --config-file FILE KEY VALUE ...); with make: LAUNCH_ARGS=...")
+    make_names = {"--resume": "RESUME=1", "--fresh": "FRESH=1", "--scale": "SCALE=..."}
+    with_make = [f"{make_names[f]} for {f}" for f in flags if f in make_names]
+    others = [f for f in flags if f not in make_names]
+    if others:
+        with_make.append(f"LAUNCH_ARGS=\"{' '.join(others)}\" for {', '.join(others)}")
+    raise ConfigError(f"{' '.join(flags)} among the KEY VALUE config overrides, where flags are not read: put them "
+                      f"before the overrides (train_net.py {flags[0]} --config-file FILE KEY VALUE ...); with make, "
+                      f"OPTS takes overrides only: {'; '.join(with_make)}")
 
 
 def setup_config(args, parsed=None):

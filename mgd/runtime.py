@@ -10,9 +10,11 @@
   not continue the uninterrupted run bit for bit. As Python, every call computes alike.
 
 A value already in the environment is kept. Importing nothing, this module is safe to use
-before torch.
+before torch. ``python -m mgd.runtime NAME`` prints one default (the Makefile exports
+``OMP_WAIT_POLICY`` from it to every command it runs: scripts and tests load torch too).
 """
 import os
+import sys
 
 __all__ = ["RUNTIME_DEFAULTS", "apply_runtime_defaults"]
 
@@ -23,3 +25,7 @@ def apply_runtime_defaults() -> None:
     """Set :data:`RUNTIME_DEFAULTS` in ``os.environ`` where unset (call before importing torch)."""
     for name, value in RUNTIME_DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+if __name__ == "__main__":
+    print(RUNTIME_DEFAULTS[sys.argv[1]])

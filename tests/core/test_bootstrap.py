@@ -87,3 +87,15 @@ def test_without_the_variable_the_repositorys_pin_folder_is_used(tmp_path, monke
     monkeypatch.delenv(bootstrap.CHECKOUT_ENV, raising=False)
     assert bootstrap.detectron2_checkout(str(tmp_path)) == str(tmp_path / "detectron2")
     assert bootstrap.detectron2_import_paths(str(tmp_path / "detectron2")) == [str(tmp_path / "detectron2")]
+
+
+def test_every_make_command_gets_the_runtime_policy_from_its_one_home():
+    """The Makefile takes OMP_WAIT_POLICY from mgd/runtime.py (train_net.py applies the same
+    module), and keeps a value the user set."""
+    from mgd.runtime import RUNTIME_DEFAULTS
+
+    env = {k: v for k, v in MAKE_ENV.items() if k != "OMP_WAIT_POLICY"}
+    run = dict(capture_output=True, text=True, check=True)
+    make = ["make", "--no-print-directory", "-C", REPO, "print-OMP_WAIT_POLICY", f"PYTHON={sys.executable}"]
+    assert subprocess.run(make, env=env, **run).stdout.strip() == RUNTIME_DEFAULTS["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert subprocess.run(make, env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, **run).stdout.strip() == "ACTIVE"
