@@ -9,10 +9,8 @@ Detectron2 if there is one, else ``<repo>/detectron2``. A checkout's own extra p
 
 Whatever imports the overlay (``detectron2.*.mgd_*``, copied from ``d2/``) calls
 :func:`use_detectron2_with_overlay`: it also refreshes a stale copy (:mod:`mgd.overlay`).
-A script run as ``python scripts/x.py`` first puts the repository root on ``sys.path`` with the
-one line every script and benchmark shares::
-
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+The repository's own packages are found as installed (``make install``: editable) or on the
+``PYTHONPATH`` the Makefile exports; nothing here puts the repository root on ``sys.path``.
 
 No Detectron2 import happens here (``mgd`` stays framework-free).
 """
