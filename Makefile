@@ -247,7 +247,7 @@ base: check-base overlay ## train the base DETECTOR-R{DEPTH} from WEIGHTS_DIR/r-
 
 .PHONY: merge
 merge: check-merge ## merge TEACHER (R50 base checkpoint) and STUDENT (r-18.pkl) into MERGED (the teacher must be deeper: ALLOW_ANY_TEACHER=1 to override)
-	$(PYTHON) scripts/merge-models-into-one.py $(TEACHER) $(STUDENT) $(MERGED)$(if $(ALLOW_ANY_TEACHER), --allow-shallow-teacher)
+	$(PYTHON) -m mgd_tools.merge_models $(TEACHER) $(STUDENT) $(MERGED)$(if $(ALLOW_ANY_TEACHER), --allow-shallow-teacher)
 
 .PHONY: probe
 probe: check-probe overlay ## the loss-factor probe on MERGED: each position's loss as training sees it, factors for ~0.02 into PROBE_FACTORS

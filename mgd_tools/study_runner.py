@@ -256,7 +256,7 @@ class StudyRunner:
                     "OUTPUT_DIR", out], f"evaluation of {weights}")
 
     def merge(self) -> None:
-        self._call([sys.executable, os.path.join(REPO, "scripts", "merge-models-into-one.py"),
+        self._call([sys.executable, "-m", "mgd_tools.merge_models",
                     self.path("teacher", "model_final.pth"), self.path("weights", "r-18.pkl"),
                     self.path("weights", "T50-S18.pkl")], "merge")
 

@@ -1,38 +1,16 @@
 #!/usr/bin/env python
-"""Split the student (or, with --eval-teacher, the teacher) out of an MGD checkpoint.
+"""The original MGD repository's name for ``python -m mgd_tools.convert_output``: the same arguments and output (the student, or the teacher, of an MGD checkpoint as a Detectron2 pickle).
 
-    python scripts/convert-output-to-d2.py IN.pth OUT.pkl [--eval-teacher]
-
-(``make convert-all`` names the teacher's file ``X.teacher.pkl``, the student's ``X.pkl``.)
-
-Keeps the ``s_net.*`` keys (``t_net.*`` with --eval-teacher) without the prefix, as numpy
-arrays, in a Detectron2 pickle ``{"model": ..., "__author__": "TORCHVISION",
-"matching_heuristics": True}`` that a plain RetinaNet config can use as ``MODEL.WEIGHTS``.
-IN is read as data only; OUT is written atomically.
+    python scripts/convert-output-to-d2.py --help
 """
-
 import sys
 
-from mgd.checkpoint import convert_distilled
-from mgd.cli import OneLineArgumentParser, run_cli
-
-
-def build_parser():
-    p = OneLineArgumentParser(
-        prog="convert-output-to-d2.py",
-        description="Extract the student (or teacher) of an MGD distillation checkpoint "
-                    "into a Detectron2 pickle.")
-    p.add_argument("input", metavar="IN", help="distillation checkpoint (e.g. output/model_final.pth)")
-    p.add_argument("output", metavar="OUT", help="output pickle (.pkl)")
-    p.add_argument("--eval-teacher", action="store_true",
-                   help="extract the teacher (t_net.*) instead of the student (s_net.*)")
-    return p
+from mgd.cli import run_cli
+from mgd_tools import convert_output
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    print(convert_distilled(args.input, args.output, args.eval_teacher))
-    return 0
+    return convert_output.main(argv, prog="convert-output-to-d2.py")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import importlib.util
 import io
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -101,6 +103,31 @@ def test_merge_and_convert_cli_round_trip(tmp_path):
     assert_same_arrays(read_d2(tmp_path / "teacher.pkl"), teacher)
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["t50.pkl", "r-18.pkl", "T50-S18.pkl", "student.pkl", "teacher.pkl"])
+
+
+@pytest.mark.parametrize("module, shim", [("mgd_tools.merge_models", "merge-models-into-one.py"),
+                                          ("mgd_tools.convert_output", "convert-output-to-d2.py")])
+def test_the_originals_script_names_are_shims_of_importable_modules(tmp_path, module, shim):
+    """``python -m mgd_tools.X`` is the tool; the original repository's hyphenated name runs the
+    same code with the same arguments, and writes the same file."""
+    write_pickle(tmp_path / "t50.pkl", d2_pickle(retinanet_state_dict(50)))
+    write_pickle(tmp_path / "r-18.pkl", converted_student(18))
+    inputs = ["t50.pkl", "r-18.pkl"] if "merge" in module else ["merged.pkl"]
+    if "convert" in module:
+        write_pickle(tmp_path / "merged.pkl", d2_pickle(cio.merge_teacher_student(
+            retinanet_state_dict(50), converted_student(18)["model"])))
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    by_module = subprocess.run([sys.executable, "-m", module, *inputs, "out-module.pkl"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True)
+    assert by_module.returncode == 0, by_module.stderr
+    by_shim = run_script(shim, *inputs, "out-shim.pkl", cwd=tmp_path)
+    assert by_shim.returncode == 0, by_shim.stderr
+    assert by_shim.stdout.replace("out-shim", "out-module") == by_module.stdout
+    assert (tmp_path / "out-shim.pkl").read_bytes() == (tmp_path / "out-module.pkl").read_bytes()
+    usage = run_script(shim, cwd=tmp_path)  # each names itself in its usage error
+    assert usage.returncode == 2 and f"run {shim} --help for usage" in usage.stderr
+    usage = subprocess.run([sys.executable, "-m", module], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and f"run python -m {module} --help for usage" in usage.stderr
 
 
 def test_random_init_mark_travels_through_merge_and_split(tmp_path):
