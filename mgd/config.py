@@ -3,63 +3,18 @@
 This is Detectron2 glue that does not import Detectron2: it edits the config object it is given
 (new nodes of that object's own class), and ``import mgd`` does not import it.
 
-Keys added (defaults = the original's COCO 1x setting; docs/mgd.md):
+:func:`add_mgd_config` adds the ``MGD`` node, ``SOLVER.AMP`` (Detectron2's later key; the pin
+lacks it) and ``MODEL.RESNETS.STAGE_LAST_NORM``; each key is explained beside its default there,
+and the options a study or an experiment sets are tabled in docs/mgd.md. The defaults are the
+original's COCO 1x setting; the distillation defaults (positions, ignored positions, loss
+factors, reducer) are defined once, in :mod:`mgd.defaults`. Every key Detectron2 already has
+keeps upstream's default; the YAMLs carry their own values (``INPUT.FORMAT: "RGB"`` for the
+torchvision weights everywhere, ``SOLVER.NESTEROV: True`` in the MGD ones, as the original).
 
-* ``MGD.REDUCER`` "amp" | "rd" | "sp" | "sm"
-* ``MGD.IGNORE_INDS`` positions not distilled, over ``[c2, c3, c4, c5, p3, p4, p5, p6, p7]``
-* ``MGD.SYNC_BN`` the norms MGD adds to the student (distiller norms and, when
-  ``MGD.STUDENT.STAGE_LAST_NORM`` is "GN", the stage-last norms) become the original's
-  synchronised BN, Detectron2's ``NaiveSyncBatchNorm`` ("naiveSyncBN": each rank's batch
-  statistics averaged with equal weight)
-* ``MGD.PRERELU`` distil the pre-ReLU taps (True) or their ReLU (False; c positions)
-* ``MGD.UPDATE_FREQ``, ``MGD.UPDATE_SLOW_STEP``, ``MGD.UPDATE_ITER`` the matching schedule;
-  ``MGD.UPDATE_ITER`` as in the reference: ``UPDATE_ITER + 1`` batches of its per-GPU batch,
-  i.e. ``(UPDATE_ITER + 1) * IMS_PER_BATCH / REFERENCE_WORLD_SIZE`` images per matching
-  (``mgd.matching.plan_matching_pass``)
-* ``MGD.REMATCH_ON_RESUME`` a resumed run recomputes the matching at its first iteration (the
-  original's behaviour, which saved no assignment); default False: it continues with the
-  assignment its checkpoint holds, as the uninterrupted run would
-* ``MGD.LOSS_WEIGHT`` multiplies the distillation loss (default 1); 0 is the control of a
-  study: everything MGD does runs (teacher forward, matchings, the loss computed and logged)
-  but the loss is not trained on
-* ``MGD.ASSIGNMENT`` "matching" (default: solved from the costs on the schedule) | "random"
-  (the paper's ablation: an assignment drawn at random once, at the first iteration, from the
-  run's seed, and never re-solved; no matching passes)
-* ``MGD.MATCHING_DATA`` "training" (default, the original's: the matching passes draw their
-  batches from the training stream, so the steps after a pass see the batches after it) |
-  "separate" (a stream of their own, with its own seed: the training batches are those of a
-  run without matchings, e.g. of the plain student a study compares with)
-* ``MGD.DISTILL_UNTIL`` the iteration from which the distillation loss is no longer trained on
-  (computed and logged as with weight 0); default 0: the whole run
-* ``MGD.GRAD_NORM_PERIOD`` on every that many-th iteration (n - 1, 2n - 1, ...: with 20, those
-  Detectron2's writers log), log the norms of the detection and the
-  distillation gradients on the student's bottom-up ResNet and their cosine (``mgd/grad_*``;
-  two extra backward passes on those iterations; the update is unchanged); default 0: never
-* ``MGD.MATCHING_RANKS`` "all" (each matching is solved from every rank's images: the same
-  image count at any process count) | "rank0" (rank 0's alone, the original's rule)
-* ``MGD.LOSS_FACTORS`` nine per-position divisors of the loss
-* ``MGD.REFERENCE_WORLD_SIZE`` the GPU count whose distillation-to-detection balance is
-  reproduced at any process count (``distillation_divisor``; 0 = the original code's rule)
-* ``SOLVER.AMP.ENABLED`` mixed precision (Detectron2's later key; the pin lacks it);
-  ``SOLVER.AMP.PRECISION`` "auto" (float16 with loss scaling on CUDA, bfloat16 on CPU) |
-  "float16" | "bfloat16"
-* ``MGD.TEACHER.*`` / ``MGD.STUDENT.*``: META_ARCHITECTURE (a key of :data:`DETECTORS`:
-  "RetinaNet", the default, or "GeneralizedRCNN": Faster / Mask R-CNN), DEPTH,
-  RES2_OUT_CHANNELS, STRIDE_IN_1X1, FREEZE_AT, NORM, STAGE_LAST_NORM, PIXEL_MEAN, PIXEL_STD of
-  each network
-* ``MGD.ALLOW_MIXED_DETECTORS`` a teacher and a student of different META_ARCHITECTUREs are
-  refused unless True (MGD distils the backbones either way)
-* ``MODEL.RESNETS.STAGE_LAST_NORM`` ("" = off) for the ``build_mgd_*`` backbones
-
-It only adds keys: every key Detectron2 already has keeps upstream's default, MGD config or
-not. The YAMLs carry their own values: every config in configs/ sets ``INPUT.FORMAT: "RGB"``
-(torchvision weights), the MGD ones ``SOLVER.NESTEROV: True`` as the original did (upstream
-default False; the pin's ``build_optimizer`` reads it). The MGD defaults (positions, ignored
-positions, loss factors, reducer) are defined once, in :mod:`mgd.defaults`.
-
-The two networks' configs are clones of the full config with only the keys above replaced
-(``derive_net_config``); the shared model keys (RETINANET, RPN, ROI_HEADS, ANCHOR_GENERATOR,
-FPN, ...) come from the full config. Neither net's settings can leak into the other's.
+The two networks' configs are clones of the full config with only the ``MGD.TEACHER`` /
+``MGD.STUDENT`` keys replaced (:func:`derive_net_config`); the shared model keys (RETINANET, RPN,
+ROI_HEADS, ANCHOR_GENERATOR, FPN, ...) come from the full config. Neither net's settings can
+leak into the other's.
 """
 from typing import List, Optional
 
@@ -133,48 +88,66 @@ def _net_node(node_type, depth, res2_out_channels, freeze_at, stage_last_norm):
 
 
 def add_mgd_config(cfg):
-    """Add the MGD keys (module doc) to a Detectron2 config, in place. Returns cfg. New nodes
+    """Add the MGD keys (each explained at its default below) to a Detectron2 config, in place. Returns cfg. New nodes
     are of the config's own class, so this module does not import Detectron2."""
     node_type = type(cfg)
+    # the norm of each stage's last block of the build_mgd_* backbones ("" = the stage's own)
     cfg.MODEL.RESNETS.STAGE_LAST_NORM = ""
     if "AMP" not in cfg.SOLVER:  # Detectron2's later convention; absent at the pin
         cfg.SOLVER.AMP = node_type({"ENABLED": False})
-    # the autocast dtype: "auto" = float16 (with a GradScaler) on CUDA, bfloat16 on CPU
+    # the autocast dtype: "auto" = float16 (with a GradScaler) on CUDA, bfloat16 on CPU | "float16" | "bfloat16"
     cfg.SOLVER.AMP.PRECISION = "auto"
 
     cfg.MGD = node_type()
+    # how the teacher's channels are reduced onto the student's: "amp" | "rd" | "sp" | "sm"
     cfg.MGD.REDUCER = DEFAULT_REDUCER
-    # indices into mgd.defaults.DEFAULT_POSITION_NAMES: [c2, c3, c4, c5, p3, p4, p5, p6, p7]
+    # positions not distilled: indices into [c2, c3, c4, c5, p3, p4, p5, p6, p7] (mgd.defaults)
     cfg.MGD.IGNORE_INDS = list(DEFAULT_IGNORE_INDS)
+    # True: the norms MGD adds to the student (the distiller's and, with STUDENT.STAGE_LAST_NORM
+    # "GN", the stage-last ones) become the original's synchronised BN (SYNC_BN_NORM)
     cfg.MGD.SYNC_BN = False
+    # distil the pre-ReLU taps (True) or their ReLU (False; c positions)
     cfg.MGD.PRERELU = True
-    # matching update every UPDATE_FREQ[k] iterations, k = number of UPDATE_SLOW_STEP passed
+    # the schedule (mgd.schedule): a matching every UPDATE_FREQ[k] iterations, k = number of
+    # UPDATE_SLOW_STEP entries passed; each solved from UPDATE_ITER + 1 batches of the reference's
+    # per-GPU batch, (UPDATE_ITER + 1) x IMS_PER_BATCH / REFERENCE_WORLD_SIZE images (plan_matching_pass)
     cfg.MGD.UPDATE_FREQ = [5000, 31000]
     cfg.MGD.UPDATE_SLOW_STEP = [20000]
-    # as in the reference: UPDATE_ITER + 1 batches of 2 images (its per-GPU batch) per matching
     cfg.MGD.UPDATE_ITER = 1000
-    # True: a resumed run recomputes the matching at its first iteration (the original's behaviour)
+    # True: a resumed run recomputes the matching at its first iteration (the original's
+    # behaviour, which saved no assignment); False: it continues with its checkpoint's
     cfg.MGD.REMATCH_ON_RESUME = False
-    # "all": solve each matching from every rank's images; "rank0": rank 0's (the original)
+    # "all": each matching solved from every rank's images (the same count at any process
+    # count); "rank0": rank 0's alone (the original's rule)
     cfg.MGD.MATCHING_RANKS = "all"
-    # the distillation loss's weight (0: computed and logged, not trained on: a study's control)
+    # the distillation loss's weight; 0 is a study's control: everything MGD does runs (teacher
+    # forward, matchings, the loss computed and logged) but the loss is not trained on
     cfg.MGD.LOSS_WEIGHT = 1.0
-    # distillation trained on before this iteration only (0: the whole run)
+    # the iteration from which the distillation loss is computed and logged but not trained on
+    # (0: trained on for the whole run)
     cfg.MGD.DISTILL_UNTIL = 0
-    # log detection / distillation gradient norms on the student's ResNet every N iterations (0: never)
+    # every N iterations (N - 1, 2N - 1, ...), log the detection and distillation gradient norms
+    # on the student's bottom-up ResNet and their cosine (two extra backward passes; 0: never)
     cfg.MGD.GRAD_NORM_PERIOD = 0
-    # "matching" (solved on the schedule) | "random" (drawn once, never re-solved: the ablation)
+    # "matching" (solved on the schedule) | "random" (the paper's ablation: drawn once from the
+    # run's seed at its first iteration, never re-solved; no matching passes)
     cfg.MGD.ASSIGNMENT = "matching"
-    # where the matching passes draw batches: "training" (the original's) | "separate"
+    # where the matching passes draw batches: "training" (the original's: the training stream)
+    # | "separate" (their own stream and seed: the training batches are a plain run's)
     cfg.MGD.MATCHING_DATA = "training"
+    # nine per-position divisors of the loss
     cfg.MGD.LOSS_FACTORS = list(DEFAULT_LOSS_FACTORS)
     # The published run: 8 GPUs. Each process divides its summed distillation loss by
-    # IMS_PER_BATCH * REFERENCE_WORLD_SIZE / world_size (see distillation_divisor).
+    # IMS_PER_BATCH * REFERENCE_WORLD_SIZE / world_size (distillation_divisor; 0: the original
+    # code's rule, IMS_PER_BATCH alone).
     cfg.MGD.REFERENCE_WORLD_SIZE = 8
-    # The teacher is frozen whatever its FREEZE_AT; FREEZE_AT only decides (as in its base
-    # training) which stages carry the stage-last norm.
-    # a teacher and a student of different META_ARCHITECTUREs are refused unless True
+    # a teacher and a student of different META_ARCHITECTUREs are refused unless True (MGD
+    # distils the backbones either way)
     cfg.MGD.ALLOW_MIXED_DETECTORS = False
+    # Each net: META_ARCHITECTURE (a key of DETECTORS), DEPTH, RES2_OUT_CHANNELS, STRIDE_IN_1X1,
+    # FREEZE_AT, NORM, STAGE_LAST_NORM, PIXEL_MEAN, PIXEL_STD (_NET_KEYS: where each goes). The
+    # teacher is frozen whatever its FREEZE_AT, which only decides (as in its base training)
+    # which stages carry the stage-last norm.
     cfg.MGD.TEACHER = _net_node(node_type, 50, 256, 2, "")
     cfg.MGD.STUDENT = _net_node(node_type, 18, 64, 1, "GN")
     return cfg

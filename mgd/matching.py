@@ -127,8 +127,8 @@ def _solve_tiled(cost: np.ndarray, k: int) -> np.ndarray:
     sc = cost.shape[0]
     used = cost[:, : k * sc]  # shave: drop the last tc % sc teacher columns
     # The tiled cost is np.tile(used, (k, 1)): row i * sc + j = student j, copy i. We build its
-    # transpose directly (teachers x student copies): the same problem, on which scipy is up
-    # to ~2x faster for these shapes.
+    # transpose directly (teachers x student copies): the same problem, which scipy solves
+    # faster for these shapes.
     tiled_t = np.tile(used.T, (1, k))  # [k * sc, k * sc], C-contiguous
     teachers, rows = linear_sum_assignment(tiled_t)
     student_of_teacher = rows % sc

@@ -1,8 +1,8 @@
 """Process-wide settings of every training process, applied before torch is imported.
 
 * ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that wait for work sleep instead of spinning; on
-  a CPU shared with other jobs, spinning threads starve the one they wait for (the demo's R50
-  step was 3-4x slower with the default policy while other jobs ran).
+  a CPU shared with other jobs, spinning threads starve the one they wait for (docs/demo.md,
+  *Time*, has the measurement).
 * ``PYTORCH_JIT=0``: TorchScript runs as Python. The scripted focal loss that RetinaNet trains
   with (fvcore's ``sigmoid_focal_loss_jit``) gives, from its second call on, gradients that
   differ in the last bits from its first call's (the profiling executor switches to an

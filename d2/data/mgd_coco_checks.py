@@ -36,7 +36,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = ["CocoCheck", "check_coco_set", "read_coco_json", "SIZE_SAMPLE", "TOLERANCE_PX"]
 
-#: image headers read per set unless all are asked for (0.1-0.2 ms of CPU each; measured in docs/own-data.md)
+#: image headers read per set unless all are asked for (their cost: docs/own-data.md)
 SIZE_SAMPLE = 5000
 #: how far (pixels) a box may reach past the image before it counts as "past the image"
 TOLERANCE_PX = 1.0
