@@ -9,6 +9,7 @@ pinned commit): keys without ``layer`` get a ``stem.`` prefix, ``layerN`` -> ``r
 tests/scripts/test_support_builders.py checks these builders against torchvision's real key names.
 """
 
+import importlib.util
 import os
 import pickle
 import subprocess
@@ -19,6 +20,17 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
+
+
+def load_file(path: Path):
+    """Import a file that is not in a package (a script, possibly hyphenated; a benchmark) as a
+    module of its own name, without putting its folder on ``sys.path``."""
+    name = Path(path).stem.replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 LAYOUTS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False),
            50: ((3, 4, 6, 3), True), 101: ((3, 4, 23, 3), True)}

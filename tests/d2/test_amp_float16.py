@@ -22,9 +22,9 @@ pytest.importorskip("detectron2.modeling", reason="pinned Detectron2 not importa
 import torch  # noqa: E402
 
 from d2_support import REPO  # noqa: E402
+from scripts_support import load_file  # noqa: E402
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-from amp_gradient import measure  # noqa: E402
+measure = load_file(REPO / "benchmarks" / "amp_gradient.py").measure
 
 SIZE, IMAGES = 160, 2
 

@@ -12,12 +12,9 @@ from pathlib import Path
 import pytest
 
 from d2_support import REPO, annotation, coco_set, run_train_net, save, write_image
-from scripts_support import assert_refused
+from scripts_support import assert_refused, load_file
 
-sys.path.insert(0, str(REPO / "d2" / "data"))
-import mgd_coco_checks as checks  # noqa: E402
-
-sys.path.remove(str(REPO / "d2" / "data"))
+checks = load_file(REPO / "d2" / "data" / "mgd_coco_checks.py")  # framework-free: tested without Detectron2
 
 R18_DEMO = REPO / "configs" / "demo_retinanet_R_18.yaml"
 

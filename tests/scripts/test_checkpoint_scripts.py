@@ -3,7 +3,6 @@
 Framework-free: numpy always, torch only where a .pth is involved; no Detectron2.
 """
 
-import importlib.util
 import io
 import os
 import pickle
@@ -18,6 +17,7 @@ from scripts_support import (
     assert_one_line_error,
     converted_student,
     d2_pickle,
+    load_file,
     malicious_checkpoint,
     read_d2,
     retinanet_state_dict,
@@ -32,11 +32,7 @@ from mgd.cli import run_cli
 
 def load_script(filename):
     """Import a (possibly hyphenated) script as a module, to call its main() in-process."""
-    name = filename.replace("-", "_").removesuffix(".py")
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / filename)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(SCRIPTS / filename)
 
 
 def assert_same_arrays(a, b):
