@@ -65,46 +65,75 @@ def _ap(text):
     return [float(x) for x in found[-1]]
 
 
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory, synth, random_mgd_weights):
+    """An MGD run of 2 iterations (its checkpoint records iteration 1), then ``--resume`` to 4:
+    (config, overrides, output folder, the resumed process's output)."""
+    root = tmp_path_factory.mktemp("resumed_run")
+    cfg = config_dir(root) / "demo_mgd_R50_R18.yaml"
+    out = root / "mgd"
+    opts = FAST_MGD + ["OUTPUT_DIR", out, "DATASETS.TEST", "()", "MODEL.WEIGHTS", random_mgd_weights]
+    run_train_net(["--config-file", cfg, *opts, "SOLVER.MAX_ITER", "2"], synth)
+    first = {"matchings": _matchings(out), "config": (out / "config.yaml").read_text()}
+    proc = run_train_net(["--resume", "--config-file", cfg, *opts, "SOLVER.MAX_ITER", "4"], synth)
+    return cfg, opts, out, first, proc.stdout
+
+
+def _evaluation(folder):
+    return json.loads((folder / "eval_results.json").read_text())
+
+
 @pytest.mark.slow
 @pytest.mark.latest_pass
-def test_train_resume_split_eval_and_probe(tmp_path, synth, random_mgd_weights):
-    cfg = config_dir(tmp_path) / "demo_mgd_R50_R18.yaml"
-    out = tmp_path / "mgd"
-    opts = FAST_MGD + ["OUTPUT_DIR", out, "DATASETS.TEST", "()", "MODEL.WEIGHTS", random_mgd_weights]
+def test_a_run_records_its_config_and_its_matching(resumed_run):
+    _, _, _, first, _ = resumed_run
+    assert [m["iteration"] for m in first["matchings"]] == [0]
+    assert "MGD:" in first["config"]
 
-    # a run that stops after 2 iterations (its checkpoint records iteration 1)
-    run_train_net(["--config-file", cfg, *opts, "SOLVER.MAX_ITER", "2"], synth)
+
+@pytest.mark.slow
+@pytest.mark.latest_pass
+def test_resume_continues_with_the_checkpoints_assignment(resumed_run):
+    """--resume continues at the next iteration, with the matching the checkpoint holds (no new
+    line in mgd_matching.json) and the margins recomputed from the frozen teacher."""
+    _, _, out, _, log = resumed_run
     assert [m["iteration"] for m in _matchings(out)] == [0]
-    assert (out / "config.yaml").exists() and "MGD:" in (out / "config.yaml").read_text()
+    assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    assert "Starting training from iteration 2" in log  # Detectron2's: a resume, not a restart
+    assert "margins computed from the teacher's norms at iteration 2" in log  # no file holds this
 
-    # --resume continues at the next iteration: margins recomputed there, the matching the checkpoint's
-    proc = run_train_net(["--resume", "--config-file", cfg, *opts, "SOLVER.MAX_ITER", "4"], synth)
-    assert "Starting training from iteration 2" in proc.stdout
-    assert "margins computed from the teacher's norms at iteration 2" in proc.stdout
-    assert "continuing with the checkpoint's channel assignment (matching of iteration 0" in proc.stdout
-    assert [m["iteration"] for m in _matchings(out)] == [0]
 
-    # split the student out and evaluate it; the teacher straight from the .pth
-    pkl = out / "model_final.pkl"
+@pytest.mark.slow
+@pytest.mark.latest_pass
+def test_the_split_student_and_the_teacher_evaluate(tmp_path, synth, resumed_run):
+    """The student split out (the original's convert-output-to-d2.py) and the teacher straight
+    from the .pth evaluate, each named in its results file."""
     import subprocess
     import sys
 
+    cfg, _, out, _, _ = resumed_run
+    pkl = tmp_path / "model_final.pkl"
     subprocess.run([sys.executable, REPO / "scripts" / "convert-output-to-d2.py", out / "model_final.pth", pkl],
                    check=True, cwd=REPO)
-    eval_opts = TINY_INPUT + ["OUTPUT_DIR", tmp_path / "eval"]
-    proc = run_train_net(["--eval-only", "--config-file", cfg, "MODEL.WEIGHTS", pkl, *eval_opts], synth)
-    assert len(_ap(proc.stdout)) == 3
-    assert "Evaluating the student" in proc.stdout
-    assert "not found in the checkpoint" not in proc.stdout  # every student tensor loaded
-    proc = run_train_net(["--eval-only", "--eval-teacher", "--config-file", cfg,
-                          "MODEL.WEIGHTS", out / "model_final.pth", *eval_opts], synth)
-    assert len(_ap(proc.stdout)) == 3 and "Evaluating the teacher" in proc.stdout
-    assert "not found in the checkpoint" not in proc.stdout
+    for network, weights, flags in (("student", pkl, []), ("teacher", out / "model_final.pth", ["--eval-teacher"])):
+        folder = tmp_path / f"eval-{network}"
+        run_train_net(["--eval-only", *flags, "--config-file", cfg, "MODEL.WEIGHTS", weights,
+                       *TINY_INPUT, "OUTPUT_DIR", folder], synth)
+        results = _evaluation(folder)
+        assert results["provenance"]["network"] == network
+        assert results["provenance"]["weights"]["path"] == str(weights)
+        assert {"AP", "AP50", "AP75"} <= set(results["bbox"]), results
 
-    # the loss-factor probe: each loss after its factor and the divisor training uses
+
+@pytest.mark.slow
+@pytest.mark.latest_pass
+def test_the_probe_suggests_factors_for_the_distilled_positions(tmp_path, synth, resumed_run):
+    """The loss-factor probe: each loss after its factor and the divisor training uses; the
+    suggestion file holds nine factors, the ignored positions' kept."""
+    cfg, opts, out, _, _ = resumed_run
     suggestion = tmp_path / "factors.txt"
     probe = ["--probe-loss-factors", "--probe-matching-batches", "2", "--config-file", cfg, *opts,
-             "MODEL.WEIGHTS", out / "model_final.pth"]
+             "OUTPUT_DIR", tmp_path / "probe", "MODEL.WEIGHTS", out / "model_final.pth"]
     proc = run_train_net(["--probe-output", suggestion, *probe], synth)
     assert "distillation divisor 16 (IMS_PER_BATCH 2 x MGD.REFERENCE_WORLD_SIZE 8 / 1 processes)" in proc.stdout
     first = _probed(proc.stdout)
@@ -113,7 +142,6 @@ def test_train_resume_split_eval_and_probe(tmp_path, synth, random_mgd_weights):
     assert line.startswith("MGD.LOSS_FACTORS [")
     factors = json.loads(line.split(" ", 1)[1])
     assert len(factors) == 9 and factors[3:] == [5e6, 5e7, 5e7, 5e5, 0.0, 0.0]
-
 
 
 @pytest.mark.slow
