@@ -11,7 +11,8 @@ affines; it calls, in order:
 
 Under torch.distributed, ``finish_matching`` solves from the costs of every rank summed
 (``ranks="all"``) or of rank 0 alone (``ranks="rank0"``, the original's rule), and every rank
-ends with the same assignment; ``last_statistic`` says how many images, from which ranks.
+ends with the same assignment; ``last_statistic`` (:class:`mgd.ranks.MatchingStatistic`) says how
+many images, from which ranks.
 
 Per distilled position, the recomputed state (margin, accumulated cost, assignment) lives in
 a :class:`PositionState` under ``positions[<position>]``: non-persistent buffers, so
@@ -21,7 +22,6 @@ carries the assignments beside the weights (:meth:`MGDDistiller.load_assignments
 them). The student norms are ordinary (persistent) parameters; the state dict holds exactly
 ``student_norms.<position>.*``.
 """
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -38,6 +38,7 @@ from .defaults import (
 from .loss import distillation_loss
 from .margins import margins_from_affine
 from .matching import MATCHING_RANKS, assignment_length, copies_per_student, matching_cost, solve_matching
+from .ranks import MatchingStatistic, broadcast_from_rank0, combine_ranks
 from .reducers import REDUCERS, reduce_teacher
 
 __all__ = [
@@ -56,41 +57,6 @@ __all__ = [
 Affine = Optional[Tuple[Tensor, Tensor]]
 #: a student norm: "GN", or a callable channels -> module (e.g. Detectron2's NaiveSyncBatchNorm)
 Norm = Union[str, Callable[[int], nn.Module]]
-
-
-@dataclass(frozen=True)
-class MatchingStatistic:
-    """What the last ``finish_matching`` solved from.
-
-    Attributes:
-        ranks: "all" (every rank's costs summed) or "rank0" (rank 0's alone, the original's rule).
-        images_per_rank: images each rank accumulated, by rank (one entry without torch.distributed).
-        images: images the solved mean cost is over (the sum over the ranks used).
-    """
-
-    ranks: str
-    images_per_rank: Tuple[int, ...]
-    images: int
-
-    @property
-    def contributing_ranks(self) -> Tuple[int, ...]:
-        """The ranks whose images entered the solved cost."""
-        used = range(len(self.images_per_rank)) if self.ranks == "all" else range(1)
-        return tuple(r for r in used if self.images_per_rank[r] > 0)
-
-    def describe(self) -> str:
-        """One line, e.g. "2002 images from ranks 0-7 of 8 (ranks 'all'; images per rank [252, 250, ..., 250])"."""
-        ranks = self.contributing_ranks
-        if not ranks:
-            who = "no rank"
-        elif len(ranks) == 1:
-            who = f"rank {ranks[0]}"
-        elif list(ranks) == list(range(ranks[0], ranks[-1] + 1)):
-            who = f"ranks {ranks[0]}-{ranks[-1]}"
-        else:
-            who = "ranks " + ",".join(map(str, ranks))
-        counts = "" if len(self.images_per_rank) == 1 else f"; images per rank {list(self.images_per_rank)}"
-        return f"{self.images} images from {who} of {len(self.images_per_rank)} (ranks {self.ranks!r}{counts})"
 
 
 class PositionState(nn.Module):
@@ -268,7 +234,7 @@ class MGDDistiller(nn.Module):
         summed = {i: self._summed_cost(i) for i in self.distilled_positions}
         images_per_rank = [self.images_seen]
         if distributed:
-            summed, images_per_rank = _combine_ranks(summed, self.images_seen, ranks)
+            summed, images_per_rank = combine_ranks(summed, self.images_seen, ranks)
         statistic = MatchingStatistic(ranks, tuple(images_per_rank),
                                       sum(images_per_rank) if ranks == "all" else images_per_rank[0])
         if statistic.images == 0:
@@ -283,7 +249,7 @@ class MGDDistiller(nn.Module):
                 for i, c in costs.items()
             }
         if distributed:
-            assignments = _broadcast_from_rank0(assignments)
+            assignments = broadcast_from_rank0(assignments)
         matched_costs = []
         for i, guided in assignments.items():
             self._state(i).assignment = guided
@@ -397,30 +363,3 @@ class MGDDistiller(nn.Module):
     def extra_repr(self) -> str:
         names = [self._name(i) for i in self.distilled_positions]
         return f"reducer={self.reducer!r}, distilled={names}"
-
-
-def _combine_ranks(summed: Dict[int, Tensor], images: int, ranks: str) -> Tuple[Dict[int, Tensor], List[int]]:
-    """The costs every rank solves from, and each rank's image count (gathered).
-
-    "all": the costs summed over the ranks (one all-reduce); "rank0": rank 0's (one broadcast).
-    """
-    order = sorted(summed)
-    flat = torch.cat([summed[i].reshape(-1) for i in order])
-    if ranks == "all":
-        dist.all_reduce(flat)
-    else:
-        dist.broadcast(flat, src=0)
-    counts = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, torch.tensor([images], dtype=torch.long, device=flat.device))
-    sizes = [summed[i].numel() for i in order]
-    combined = {i: part.view_as(summed[i]) for i, part in zip(order, flat.split(sizes))}
-    return combined, [int(c.item()) for c in counts]
-
-
-def _broadcast_from_rank0(assignments: Dict[int, Tensor]) -> Dict[int, Tensor]:
-    """One dist.broadcast of all assignments (concatenated) from rank 0; same dict on return."""
-    order = sorted(assignments)
-    flat = torch.cat([assignments[i] for i in order])
-    dist.broadcast(flat, src=0)
-    sizes = [assignments[i].numel() for i in order]
-    return dict(zip(order, flat.split(sizes)))
