@@ -66,7 +66,7 @@ def main(argv=None, prog: str = "python -m mgd_tools.merge_models"):
     student_file = load_checkpoint_object(args.student, what="student")
     student = extract_state_dict(student_file, args.student, what="student")
     check_merge_inputs(teacher, student, args.teacher, args.student, args.teacher_depth,
-                       args.student_depth, args.allow_shallow_teacher)  # mgd.checkpoint.strict decides
+                       args.student_depth, args.allow_shallow_teacher)  # mgd.checkpoint.inputs decides
 
     merged = merge_teacher_student(teacher, student)
     random_init = [name for name, obj in (("teacher", teacher_file), ("student", student_file))

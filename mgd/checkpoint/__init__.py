@@ -4,8 +4,10 @@
   (``torch.load(weights_only=True)``) files without running code from them;
 * :mod:`.format` knows the teacher/student layout (``t_net.*``, ``s_net.*``), reads a
   ResNet's depth from key names, validates and merges; :mod:`.split` splits one net back out;
-* :mod:`.strict` is the one place that decides which checkpoint may start which run
-  (:class:`Role`; kind, depth, shapes), and which files a merge or a split takes;
+* :mod:`.roles` names what a run asks of its weights (:class:`Role`), :mod:`.contents` reads
+  what a file holds (kind, detector) from its keys; :mod:`.strict` decides which checkpoint may
+  start which run (kind, detector, depth, classes), :mod:`.load_plan` which tensors load, and
+  :mod:`.inputs` which files a merge or a split takes;
 * :mod:`.writing` checks output paths early and writes atomically.
 
 Every user-caused problem raises :class:`CheckpointError` with a one-line message.
@@ -35,29 +37,26 @@ from .loading import (
     restricted_loads,
     to_numpy,
 )
-from .strict import (
+from .contents import (
     CLASSIFIER_KEYS,
     CLASSIFIER_KEYS_OF,
     DETECTOR_HEADS,
-    Role,
-    check_checkpoint_role,
-    check_distinct_inputs,
-    check_merge_inputs,
-    check_model_load,
-    check_roles,
-    check_split,
-    check_weights_path,
-    check_weights_state,
     checkpoint_kind,
     detector_of,
-    match_keys,
-    plan_load,
-    select_network,
     shapes_of,
     strip_prefix,
+)
+from .inputs import (
+    check_distinct_inputs,
+    check_merge_inputs,
+    check_roles,
+    check_split,
     validate_student,
     validate_teacher,
 )
+from .load_plan import match_keys, plan_load
+from .roles import Role, check_weights_path, select_network
+from .strict import check_checkpoint_role, check_model_load, check_weights_state
 from .split import convert_distilled, split_distilled
 from .writing import atomic_write, check_output_path, human_size, save_d2_pickle
 

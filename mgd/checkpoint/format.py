@@ -1,6 +1,7 @@
 """The teacher/student checkpoint layout of MGD: the key prefixes (defined here, once), ResNet
 depth from key names, and the merge of a teacher RetinaNet and a student backbone (the split
-back is :mod:`.split`). Which file may be merged, split or loaded is decided in :mod:`.strict`.
+back is :mod:`.split`). Which file may be merged or split is decided in :mod:`.inputs`, which
+may be loaded in :mod:`.strict` and :mod:`.load_plan`.
 
 A merged (distillation) checkpoint holds ``t_net.<teacher RetinaNet key>`` and
 ``s_net.backbone.bottom_up.<converted torchvision key>``; MGD training writes

@@ -1,6 +1,6 @@
 """The split of an MGD distillation checkpoint into one Detectron2 network (the student, or
 the teacher with ``eval_teacher``): what ``make convert-all`` and
-``scripts/convert-output-to-d2.py`` run. :mod:`.strict` decides whether the file holds that
+``scripts/convert-output-to-d2.py`` run. :mod:`.inputs` decides whether the file holds that
 network; :mod:`.format` knows the prefixes. (Apart from both, so that neither imports the other.)
 """
 
@@ -13,8 +13,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 from .format import STUDENT_PREFIX, TEACHER_PREFIX
+from . import inputs  # the rules, looked up at each call
 from .loading import extract_state_dict, is_random_init, load_checkpoint_object, to_numpy
-from . import strict  # the rules, looked up at each call
+from .roles import Role
 from .writing import check_output_path, human_size, save_d2_pickle
 
 __all__ = ["split_distilled", "convert_distilled"]
@@ -26,7 +27,7 @@ def split_distilled(sd: Mapping[str, Any], path="checkpoint", eval_teacher: bool
 
     Returns (kept, dropped counts by group).
     """
-    strict.check_split(sd, path, strict.Role.TEACHER if eval_teacher else strict.Role.STUDENT)
+    inputs.check_split(sd, path, Role.TEACHER if eval_teacher else Role.STUDENT)
     prefix = TEACHER_PREFIX if eval_teacher else STUDENT_PREFIX
     kept = {k[len(prefix):]: to_numpy(v) for k, v in sd.items() if k.startswith(prefix)}
     dropped: Dict[str, int] = collections.Counter()

@@ -315,13 +315,13 @@ def test_error_messages_are_single_lines():
     assert str(cio.CheckpointError("a\nb\n\n  c")) == "a b c"
 
 
-# ---- one module decides (mgd.checkpoint.strict) ---------------------------------------------
+# ---- one module decides (mgd.checkpoint.inputs) ---------------------------------------------
 
 def test_every_checkpoint_script_asks_the_strict_module(tmp_path, monkeypatch, capsys):
-    """merge, convert and convert_all refuse what mgd.checkpoint.strict refuses, and nothing
+    """merge, convert and convert_all refuse what mgd.checkpoint.inputs refuses, and nothing
     else: with its rules replaced by "refuse everything", each script ends on that one line;
     with the rules in place, the same good files pass."""
-    import mgd.checkpoint.strict as strict
+    import mgd.checkpoint.inputs as inputs
 
     write_pickle(tmp_path / "t50.pkl", d2_pickle(retinanet_state_dict(50)))
     write_pickle(tmp_path / "r-18.pkl", converted_student(18))
@@ -348,7 +348,7 @@ def test_every_checkpoint_script_asks_the_strict_module(tmp_path, monkeypatch, c
         raise cio.CheckpointError("strict says no")
 
     for rule in ("validate_teacher", "check_split"):
-        monkeypatch.setattr(strict, rule, refuse)
+        monkeypatch.setattr(inputs, rule, refuse)
     for produced in ("student.pkl",):
         (tmp_path / produced).unlink()
     for produced in ("merged.pth", "merged.teacher.pkl"):
