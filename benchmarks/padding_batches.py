@@ -87,7 +87,7 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args()
 
-    from detectron2.engine.mgd_setup import load_config
+    from detectron2.engine.mgd_config_file import load_config
     from detectron2.modeling import build_model
     import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401
 

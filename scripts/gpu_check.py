@@ -58,7 +58,8 @@ def nccl_run(run_dir):
     import train_net
     from detectron2.engine.launch import _distributed_worker, _find_free_port
     from detectron2.engine.mgd_launch import _cpu_worker
-    from detectron2.engine.mgd_setup import load_config
+    from detectron2.engine.mgd_config_file import load_config
+    from detectron2.engine.mgd_setup import check_run
     from detectron2.modeling import build_model
 
     cuda = torch.cuda.is_available()
@@ -77,7 +78,7 @@ def nccl_run(run_dir):
             os.path.join(data, "annotations", f"instances_{split}.json"), os.path.join(data, split))]
     args = train_net.build_parser().parse_args(argv + ["--config-file", config, *opts, "MODEL.WEIGHTS", weights,
                                                        "OUTPUT_DIR", os.path.join(run_dir, "run")])
-    train_net.check_run(args)
+    check_run(args)
     url = f"tcp://127.0.0.1:{_find_free_port()}"
     mp.spawn(_distributed_worker if cuda else _cpu_worker, nprocs=1, args=(_main_logging_backend, 1, 1, 0, url, (args,)),
              daemon=False)

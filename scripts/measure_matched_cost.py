@@ -76,7 +76,7 @@ def measure(args) -> dict:
         from detectron2.data import DatasetCatalog, DatasetMapper
         from detectron2.data.mgd_datasets import register_coco_dataset
         from detectron2.engine.mgd_matching_pass import run_matching_pass
-        from detectron2.engine.mgd_setup import load_config
+        from detectron2.engine.mgd_config_file import load_config
         from detectron2.modeling import build_model
         import detectron2.modeling.backbone.mgd_resnet  # noqa: F401  (registers the backbone)
         import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401  (and MGDRetinaNet)

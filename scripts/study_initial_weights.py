@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     import detectron2.modeling.backbone.mgd_resnet  # noqa: F401  (registers the MGD backbone)
     import detectron2.modeling.meta_arch.mgd_retinanet  # noqa: F401
     from detectron2.engine.mgd_checkpointer import MGDCheckpointer
-    from detectron2.engine.mgd_setup import load_config
+    from detectron2.engine.mgd_config_file import load_config
     from detectron2.modeling import build_model
 
     cfg = load_config(args.config_file, list(args.opts))

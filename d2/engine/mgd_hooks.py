@@ -80,7 +80,7 @@ class MGDMatchingHook(HookBase):
     """
 
     def __init__(self, cfg):
-        #: when matchings fire (validated when the config was read: mgd_setup.check_config)
+        #: when matchings fire (validated when the config was read: mgd_config_checks.check_config)
         self.schedule = MatchingSchedule.from_config(cfg)
         #: batches per rank and the images that enter the costs (mgd.matching.MatchingPass)
         self.plan = plan_matching_pass(int(cfg.MGD.UPDATE_ITER), cfg.SOLVER.IMS_PER_BATCH,

@@ -8,7 +8,8 @@ forward, backward, the matching pass, an evaluation) it stops the run at once, a
 way the model, optimizer, scheduler and loss scaler are those after ``completed``, the last
 iteration whose update finished, and :meth:`save` writes them as ``model_<completed>.pth``
 (with ``iteration``, as Detectron2's periodic checkpoints, so ``--resume`` continues at
-``completed + 1``). A second Ctrl-C while the first is held stops at once.
+``completed + 1``). A second Ctrl-C while the first is held stops at once. The line that
+then ends ``train_net.py`` is :mod:`~detectron2.engine.mgd_interrupt_report`'s.
 """
 import logging
 import signal

@@ -8,6 +8,8 @@
 * :func:`keep_earlier_evaluation`: before an evaluation writes into a folder that holds one,
   its ``eval_results.json``, ``inference/`` and ``config.yaml`` move to ``previous-N/``;
 * :func:`report_empty`: one line when a model predicted nothing.
+
+``mgd_evaluation.evaluate`` (``train_net.py --eval-only``) writes its results through them.
 """
 import datetime
 import hashlib

@@ -14,7 +14,8 @@ same way for training, the loss-factor probe and evaluation:
 
 Training uses one size (no multi-scale). Keys given explicitly among the overrides win. The
 anchors (``MODEL.ANCHOR_GENERATOR.SIZES``) are left as they are; for ``data`` a log line
-states the objects' sizes at the chosen scale next to the smallest anchor.
+states the objects' sizes at the chosen scale next to the smallest anchor. The run's
+``config.yaml`` names the ``--scale`` in its first line (:func:`record_scale`).
 """
 import json
 import os
@@ -25,7 +26,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from mgd.errors import UserError
 
-__all__ = ["ScaleError", "apply_scale", "parse_scale", "COCO_MAX_RATIO", "SIZE_KEYS"]
+__all__ = ["ScaleError", "apply_scale", "parse_scale", "record_scale", "COCO_MAX_RATIO", "SIZE_KEYS"]
 
 COCO_MAX_RATIO = 1333 / 800
 SIZE_KEYS = ("INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST")
@@ -123,3 +124,16 @@ def apply_scale(cfg, scale: str, explicit: Sequence[str] = ()) -> Optional[str]:
     if kept:
         line += f"; kept as given: {', '.join(kept)}"
     return line
+
+
+def record_scale(output_dir: str, scale: str) -> None:
+    """State ``scale`` (the ``--scale`` given) in the first line of ``output_dir/config.yaml``,
+    whose INPUT sizes it chose; the file is rewritten atomically, and left alone if missing."""
+    path = os.path.join(output_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        text = f.read()
+    with open(path + ".part", "w") as f:
+        f.write(f"# train_net.py --scale {scale} (make SCALE={scale}): INPUT sizes below\n" + text)
+    os.replace(path + ".part", path)

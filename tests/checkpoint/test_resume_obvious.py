@@ -118,7 +118,7 @@ def test_resume_of_a_finished_run_says_so_and_trains_nothing(tmp_path, synth, fi
 def test_resume_forgets_what_an_interrupted_run_logged_past_its_checkpoint(tmp_path):
     """An interrupted run logs past its last checkpoint (a matching of the unfinished iteration,
     a final metrics line); the resumed run repeats those iterations, and logs them once."""
-    from detectron2.engine.mgd_setup import forget_logs_after
+    from detectron2.engine.mgd_resume_logs import forget_logs_after
 
     (tmp_path / "metrics.json").write_text("".join(f'{{"iteration": {i}, "total_loss": 1.5}}\n'
                                                    for i in (19, 39, 45, 46, 59)))

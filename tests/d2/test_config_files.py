@@ -13,7 +13,7 @@ from d2_support import CHECKOUT, REPO, config_dir, import_overlay  # noqa: E402
 import_overlay()
 
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine.mgd_setup import ConfigError, load_config  # noqa: E402
+from detectron2.engine.mgd_config_file import ConfigError, load_config  # noqa: E402
 
 from mgd.config import add_mgd_config  # noqa: E402
 

@@ -173,7 +173,8 @@ CONFIG_CASES = {
 @pytest.mark.detectron2
 @pytest.mark.parametrize("case", sorted(CONFIG_CASES))
 def test_check_config_refuses(case):
-    from detectron2.engine.mgd_setup import ConfigError, check_config, load_config
+    from detectron2.engine.mgd_config_checks import check_config
+    from detectron2.engine.mgd_config_file import ConfigError, load_config
 
     opts, message = CONFIG_CASES[case]
     check_config(load_config(str(MGD_DEMO), []))  # the demo config itself passes
@@ -184,7 +185,8 @@ def test_check_config_refuses(case):
 
 @pytest.mark.detectron2
 def test_check_config_of_a_plain_retinanet():
-    from detectron2.engine.mgd_setup import ConfigError, check_config, load_config
+    from detectron2.engine.mgd_config_checks import check_config
+    from detectron2.engine.mgd_config_file import ConfigError, load_config
 
     check_config(load_config(str(R18_DEMO), []))
     with pytest.raises(ConfigError, match="MODEL.RESNETS.DEPTH 19 is not a ResNet depth"):
@@ -214,7 +216,7 @@ def test_every_user_error_class_is_a_user_error():
         found = {}
         for module, name in (("mgd.checkpoint", "CheckpointError"),
                              ("detectron2.engine.mgd_scale", "ScaleError"),
-                             ("detectron2.engine.mgd_setup", "ConfigError"),
+                             ("detectron2.engine.mgd_config_file", "ConfigError"),
                              ("detectron2.data.mgd_datasets", "DatasetError"),
                              ("mgd_tools.plots", "PlotError"), ("mgd_tools.cuda_build_env", "BuildEnvError"),
                              ("measure_matched_cost", "MeasureError"),

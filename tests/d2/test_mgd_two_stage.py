@@ -178,7 +178,8 @@ def test_eval_forward_is_the_students_or_the_teachers_faster_rcnn(tmp_path):
      "add 8 to MGD.IGNORE_INDS"),
 ])
 def test_the_config_check_refuses_them_in_one_line(tmp_path, opts, message):
-    from detectron2.engine.mgd_setup import ConfigError, check_config
+    from detectron2.engine.mgd_config_checks import check_config
+    from detectron2.engine.mgd_config_file import ConfigError
 
     cfg = load_cfg(tmp_path, FASTER, opts)
     with pytest.raises(ConfigError, match=message) as error:

@@ -27,7 +27,8 @@ from scripts_support import assert_refused, run_make  # noqa: E402
 
 import_overlay()
 
-from detectron2.engine.mgd_setup import ConfigError, check_random_init_recipe  # noqa: E402
+from detectron2.engine.mgd_config_file import ConfigError  # noqa: E402
+from detectron2.engine.mgd_weights_checks import check_random_init_recipe  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from mgd.checkpoint import RANDOM_INIT_KEY  # noqa: E402

@@ -12,7 +12,8 @@ from d2_support import import_overlay, load_cfg, synthetic_batch  # noqa: E402
 
 import_overlay()
 
-from detectron2.engine.mgd_setup import check_config, load_config  # noqa: E402
+from detectron2.engine.mgd_config_checks import check_config  # noqa: E402
+from detectron2.engine.mgd_config_file import load_config  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
