@@ -143,10 +143,14 @@ OVERLAY_MODULE = "WHICH = {!r}\n"
 def make_stale_overlay(root: Path) -> Path:
     """d2/engine/mgd_sample.py in the tree, an older copy of it in the fake checkout, and a test
     that reads the copy; returns the copy."""
+    from mgd.overlay import copy_content
+
     (root / "d2" / "engine").mkdir(parents=True)
-    (root / "d2" / "engine" / "mgd_sample.py").write_text(OVERLAY_MODULE.format("new"))
+    source = root / "d2" / "engine" / "mgd_sample.py"
+    source.write_text(OVERLAY_MODULE.format("old"))
     copy = root / "detectron2" / "detectron2" / "engine" / "mgd_sample.py"
-    copy.write_text(OVERLAY_MODULE.format("old"))
+    copy.write_bytes(copy_content(source, root))  # what `make overlay` copied before the edit
+    source.write_text(OVERLAY_MODULE.format("new"))
     (root / "tests" / "test_overlay_sample.py").write_text(textwrap.dedent('''
         import pytest
 
@@ -165,7 +169,7 @@ def test_a_stale_overlay_is_refreshed_and_said(tmp_path):
     proc = run_pytest(root)
     assert proc.returncode == 0, proc.stdout
     assert "overlay: d2/engine/mgd_sample.py changed; refreshed the copy in" in proc.stdout
-    assert copy.read_text() == OVERLAY_MODULE.format("new")
+    assert copy.read_text().split("\n", 1)[1] == OVERLAY_MODULE.format("new")  # after its header line
 
 
 def test_a_stale_overlay_that_cannot_be_refreshed_ends_the_session_in_one_line(tmp_path):
