@@ -141,6 +141,15 @@ def test_mgd_training_refuses_swapped_teacher_and_student(files):
     checkpointer(model).load(str(files["T50-S18.pkl"]))  # the right way round loads
 
 
+@pytest.fixture
+def caplog(caplog, monkeypatch):
+    """pytest's caplog, reaching the records even after an earlier test in this process set up
+    Detectron2's logger (setup_logger turns its propagation off)."""
+    for name in ("detectron2", "detectron2.mgd"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    return caplog
+
+
 def test_fine_tuning_reinitialises_only_the_classifier_with_one_line(files, caplog):
     model = build(files["root"], R18, ["MODEL.RETINANET.NUM_CLASSES", "7"])
     init_cls = model.head.cls_score.weight.detach().clone()
