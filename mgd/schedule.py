@@ -16,7 +16,7 @@ import bisect
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["MatchingSchedule", "scaled_update_iter", "check_schedule", "scheduled", "matching_update_due",
+__all__ = ["MatchingSchedule", "scaled_update_iter", "scheduled", "matching_update_due",
            "matching_schedule"]
 
 
@@ -78,11 +78,6 @@ def scaled_update_iter(update_iter: int, scale: float, matching_ranks: str) -> i
     if matching_ranks == "all":
         return max(1, int(round((update_iter + 1) / scale)) - 1)
     return update_iter
-
-
-def check_schedule(update_freq: Sequence[int], slow_steps: Sequence[int]) -> None:
-    """Raise ValueError unless the two lists form a schedule."""
-    MatchingSchedule(tuple(update_freq), tuple(slow_steps))
 
 
 def scheduled(iteration: int, update_freq: Sequence[int], slow_steps: Sequence[int]) -> bool:

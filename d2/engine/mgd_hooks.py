@@ -67,7 +67,7 @@ class MGDMatchingHook(HookBase):
       nothing earlier in this process built the margins (recomputed from the frozen teacher at
       every start; a resumed run checks them against its checkpoint's, bit for bit), and
       there is no preceding ``after_step``. ``before_step`` of iteration ``i`` is the one
-      place where "before step ``i``", the rule of :func:`mgd.schedule.matching_update_due`,
+      place where "before step ``i``", the rule of :meth:`mgd.schedule.MatchingSchedule.due`,
       holds for both the first and the later updates.
     * The convention protects :class:`~detectron2.engine.hooks.IterationTimer`, which times a
       step from its own ``before_step`` to its ``after_step``. ``MGDTrainer.build_hooks``
